@@ -1,0 +1,1 @@
+"""Functions service: gRPC server (grpcio) with Peewee storage and Docker execution."""

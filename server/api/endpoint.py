@@ -1,0 +1,113 @@
+"""What every RPC shares: authentication, blocking work off the event loop,
+success codes for REST, and errors in Appwrite's shape.
+
+Errors: the domain raises `ApiError`; the client gets the matching gRPC
+status, and the `x-appwrite-error` trailer carries Appwrite's JSON body, which
+the gateway's Lua filter turns into the REST response. Nothing may send
+initial metadata before an abort (the response must stay trailers-only).
+
+Success: `x-http-code` in the initial metadata tells the gateway to answer
+201 or 204 instead of 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import grpc
+
+from server.domain.auth import Caller, Scope, authenticate
+from server.domain.errors import ApiError, server_error
+
+log = logging.getLogger(__name__)
+
+GRPC_STATUS_FOR_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    412: grpc.StatusCode.FAILED_PRECONDITION,
+    416: grpc.StatusCode.OUT_OF_RANGE,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class Blocking:
+    """Runs blocking callables (database, Docker, files) on a bounded thread pool."""
+
+    def __init__(self, threads: int):
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blocking")
+
+    async def __call__(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: ApiError, version: str) -> None:
+    body = json.dumps({"message": error.message, "code": error.status, "type": error.type, "version": version})
+    code = GRPC_STATUS_FOR_HTTP.get(error.status, grpc.StatusCode.INTERNAL)
+    await context.abort(code, error.message, trailing_metadata=(("x-appwrite-error", body),))
+
+
+class ServicerBase:
+    """Shared plumbing for servicers; see `endpoint`."""
+
+    def __init__(self, blocking: Blocking, error_version: str):
+        self.blocking = blocking
+        self.error_version = error_version
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+        return await self.blocking(authenticate, metadata_of(context))
+
+    async def fail(self, context: grpc.aio.ServicerContext, error: BaseException, rpc: str) -> None:
+        if not isinstance(error, ApiError):
+            log.exception("unhandled error in %s", rpc, exc_info=error)
+            error = server_error()
+        elif error.status >= 500:
+            log.error("%s failed: %s", rpc, error.message)
+        await abort_with(context, error, self.error_version)
+
+
+def endpoint(scope: Scope | None, http_status: int = 200):
+    """Decorate a *blocking* `(self, request, caller) -> response` handler.
+
+    The handler runs on the blocking pool after authentication and the scope
+    check; `scope=None` leaves the check to the handler (executions, where end
+    users may call too).
+    """
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def rpc(self: ServicerBase, request, context):
+            try:
+                caller = await self.authenticate(context)
+                if scope is not None:
+                    caller.require(scope)
+                response = await self.blocking(handler, self, request, caller)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - every error becomes an API error
+                await self.fail(context, error, handler.__name__)
+                return None
+            if http_status != 200:
+                await context.send_initial_metadata((("x-http-code", str(http_status)),))
+            return response
+
+        return rpc
+
+    return wrap

@@ -1,0 +1,138 @@
+"""Composition root: wires settings, store, domain and servicers into one
+grpc.aio server, and runs it until SIGTERM/SIGINT.
+
+Concurrency: the server is asyncio (grpc.aio), so thousands of open streams
+(uploads, log subscribers, sync executions waiting on containers) cost a
+coroutine each, not a thread. Blocking work (Peewee, Docker SDK, files) runs
+on a bounded thread pool (`Blocking`), so it never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from functions.v1 import deployment_pb2, deployment_pb2_grpc, execution_pb2, execution_pb2_grpc
+from functions.v1 import function_pb2, function_pb2_grpc, runtime_pb2, runtime_pb2_grpc
+
+from server.api.endpoint import Blocking
+from server.api.functions import FunctionServicer
+from server.api.runtimes import RuntimeServicer
+from server.api.unimplemented import unimplemented_servicer
+from server.domain import auth
+from server.domain.functions import FunctionRules
+from server.domain.runtimes import RuntimeCatalog, load_catalog
+from server.settings import Settings
+from server.store import close_database, open_database
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_PROJECT = "default"
+SERVICE_NAMES = [
+    function_pb2.DESCRIPTOR.services_by_name["FunctionService"].full_name,
+    runtime_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name,
+    deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+    execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
+]
+# Upload pieces from Envoy are at most 1 MiB; gRPC clients may send more.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class Components:
+    """The wired service, without the network server (tests use it directly)."""
+
+    settings: Settings
+    catalog: RuntimeCatalog
+    functions: FunctionRules
+
+
+def build_components(settings: Settings) -> Components:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    open_database(settings.database_url, settings.sqlite_path)
+    catalog = RuntimeCatalog(load_catalog(settings.runtime_catalog), allowed=settings.runtimes)
+    functions = FunctionRules(catalog=catalog, max_timeout=settings.max_timeout, vars_max_bytes=settings.vars_max_bytes)
+    ensure_bootstrap_key(settings)
+    return Components(settings=settings, catalog=catalog, functions=functions)
+
+
+def ensure_bootstrap_key(settings: Settings) -> None:
+    """First start: project `default` and an all-scopes key in <data>/bootstrap-key (0600)."""
+    path = settings.bootstrap_key_path
+    auth.create_project(BOOTSTRAP_PROJECT, "Default project")
+    if path.exists():
+        return
+    secret = auth.create_key(BOOTSTRAP_PROJECT, "bootstrap")
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    os.replace(tmp, path)
+    log.info("bootstrap API key written", extra={"path": str(path.resolve()), "project": BOOTSTRAP_PROJECT})
+
+
+def create_server(components: Components, blocking: Blocking) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    settings = components.settings
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_concurrent_streams", 10000),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    base = dict(blocking=blocking, error_version=settings.error_version)
+    function_pb2_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(components.functions, **base), server)
+    runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(components.catalog, **base), server)
+    deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
+        unimplemented_servicer(deployment_pb2_grpc.DeploymentServiceServicer, "DeploymentService", settings.error_version), server
+    )
+    execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
+        unimplemented_servicer(execution_pb2_grpc.ExecutionServiceServicer, "ExecutionService", settings.error_version), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    address = settings.grpc_address
+    if address.startswith("unix:"):
+        socket_path = address[len("unix:"):]
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+    server.add_insecure_port(address)
+    return server, health_servicer
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run the gRPC server until `stop` is set or SIGTERM/SIGINT arrives."""
+    blocking = Blocking(settings.blocking_threads)
+    components = await blocking(build_components, settings)
+    server, health_servicer = create_server(components, blocking)
+    await server.start()
+    for name in [""] + SERVICE_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gRPC server listening", extra={"address": settings.grpc_address})
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=5)
+    blocking.shutdown()
+    close_database()
+    log.info("stopped")

@@ -1,0 +1,89 @@
+"""Who is calling: project resolution, API keys and scopes.
+
+Every call names a project (`x-appwrite-project`) and, for management calls,
+an API key (`x-appwrite-key`) whose scopes allow the call. Order follows
+Appwrite: project first (404), then credentials and scope (401), then the
+call's own parameters (400).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Mapping
+
+from server.domain.errors import ApiError, project_not_found
+from server.store.models import ApiKey, Project
+
+
+class Scope(str, Enum):
+    FUNCTIONS_READ = "functions.read"
+    FUNCTIONS_WRITE = "functions.write"
+    EXECUTION_READ = "execution.read"
+    EXECUTION_WRITE = "execution.write"
+
+
+ALL_SCOPES = tuple(s.value for s in Scope)
+DEFAULT_PROJECT = "console"  # Appwrite's project when the header is missing
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller of one request."""
+
+    project: str
+    role: str  # "app" (API key), "member" (user) or "guest"
+    scopes: frozenset[str]
+    user_id: str = ""
+    roles: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def is_key(self) -> bool:
+        return self.role == "app"
+
+    def require(self, scope: Scope) -> None:
+        if scope.value not in self.scopes:
+            who = "API key" if self.is_key else "User"
+            raise ApiError(
+                401,
+                "general_unauthorized_scope",
+                f"{who} (role: {'application' if self.is_key else self.role}) missing scope ({scope.value})",
+            )
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def authenticate(metadata: Mapping[str, str]) -> Caller:
+    """Resolve the project and the API key named in request metadata (blocking: reads the DB)."""
+    project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT
+    if Project.get_or_none(Project.id == project_id) is None:
+        raise project_not_found()
+    secret = metadata.get("x-appwrite-key", "")
+    if secret:
+        key = ApiKey.get_or_none(ApiKey.secret_hash == hash_secret(secret))
+        if key is None or key.project_id != project_id:
+            raise ApiError(401, "user_unauthorized", "Invalid API key for this project.")
+        return Caller(project=project_id, role="app", scopes=frozenset(key.scopes), roles=frozenset({"role:app", "role:all"}))
+    return Caller(project=project_id, role="guest", scopes=frozenset(), roles=frozenset({"role:guest", "role:all"}))
+
+
+def create_project(project_id: str, name: str = "") -> Project:
+    project, _ = Project.get_or_create(id=project_id, defaults={"name": name or project_id, "date_created": int(time.time())})
+    return project
+
+
+def create_key(project_id: str, name: str, scopes: tuple[str, ...] = ALL_SCOPES) -> str:
+    """Create an API key and return its secret (shown once; only its hash is stored)."""
+    unknown = set(scopes) - set(ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")
+    if Project.get_or_none(Project.id == project_id) is None:
+        raise ValueError(f"project {project_id!r} does not exist")
+    secret = secrets.token_hex(64)
+    ApiKey.create(project=project_id, name=name, secret_hash=hash_secret(secret), scopes=list(scopes), date_created=int(time.time()))
+    return secret

