@@ -26,12 +26,16 @@ function envoy_on_request(handle)
   handle:streamInfo():dynamicMetadata():set("functions.rest", "rest", "1")
   local method = headers:get(":method")
   if method == "GET" or method == "DELETE" or method == "HEAD" then
-    if headers:get("content-length") ~= nil or headers:get("transfer-encoding") ~= nil then
-      local body = handle:body()
-      if body ~= nil then
-        body:setBytes("")
-      end
-      headers:remove("content-type")
+    -- Drop any body. Not gated on content-length/transfer-encoding: Envoy's
+    -- HTTP/1 codec strips transfer-encoding before filters run, so a chunked
+    -- body was invisible here and reached the transcoder ("Root element must
+    -- be a message" for `null`). body() returns nil at once when there is no
+    -- body. Headers are read-only once body() has run, so the content type
+    -- is removed first (removing it after body() raised).
+    headers:remove("content-type")
+    local body = handle:body()
+    if body ~= nil then
+      body:setBytes("")
     end
   elseif string.sub(content_type, 1, 16) == "application/json" then
     local body = handle:body()

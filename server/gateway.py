@@ -39,6 +39,8 @@ def render(settings: Settings, runtime_dir: Path) -> Path:
             typed["default_source_code"] = {"filename": str(LUA_FILTER)}
         elif http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
             typed["proto_descriptor"] = str(DESCRIPTOR)
+    for mapper in manager["local_reply_config"]["mappers"]:
+        mapper["body_format_override"]["json_format"]["version"] = settings.error_version
     cluster = config["static_resources"]["clusters"][0]
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = _address(settings.grpc_address)
     runtime_dir.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,8 @@ class FunctionRules:
             with database.atomic():
                 fn = Function.create(
                     project=project, uid=uid, runtime=runtime, deployment="", status="disabled",
-                    schedule_next=0, schedule_previous=0, date_created=now, date_updated=now, **fields,
+                    schedule_next=_next_run(fields["schedule"]), schedule_previous=0,
+                    date_created=now, date_updated=now, **fields,
                 )
                 _index(fn)
         except pw.IntegrityError:
@@ -101,7 +102,7 @@ class FunctionRules:
             for name, value in fields.items():
                 setattr(fn, name, value)
             fn.date_updated = int(time.time())
-            fn.schedule_next = v.next_run(fn.schedule) if fn.schedule and fn.deployment else 0
+            fn.schedule_next = _next_run(fn.schedule)
             fn.save()
             _index(fn)
         return fn
@@ -123,6 +124,13 @@ class FunctionRules:
             fn.delete_instance()
         for hook in self.on_delete:
             hook(fn, deployments)
+
+
+def _next_run(schedule: str) -> int:
+    """`scheduleNext`: when the schedule fires next (0 without one). Appwrite
+    0.13 left it 0 until a deployment was active; showing the real next time
+    is more useful, and a run without an active deployment is skipped."""
+    return v.next_run(schedule) if schedule else 0
 
 
 def _index(fn: Function) -> None:

@@ -42,7 +42,6 @@ def _connect(url: str, sqlite_path: Path) -> peewee.Database:
             password=unquote(parsed.password or "") or None,
             host=parsed.hostname or None,
             port=parsed.port or None,
-            autorollback=True,
         )
     if parsed.scheme == "sqlite":
         return _connect("", Path(unquote(parsed.path)))

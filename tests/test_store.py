@@ -1,0 +1,117 @@
+"""The store and the function rules against both databases: SQLite (the
+embedded default) and PostgreSQL (FUNCTIONS_TEST_DATABASE_URL, which
+`make test` sets after starting a private instance)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from server.domain.errors import ApiError
+from server.domain.functions import FunctionInput, FunctionRules
+from server.domain.runtimes import RuntimeCatalog, load_catalog
+from server.settings import Settings
+from server.store import db as store_db
+from server.store import models, open_database
+from server.store.models import Deployment, Execution, Function, SearchToken
+
+PG_URL = os.environ.get("FUNCTIONS_TEST_DATABASE_URL", "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "postgresql":
+        if not PG_URL:
+            if os.environ.get("CI"):
+                pytest.fail("FUNCTIONS_TEST_DATABASE_URL must be set in CI (make test sets it)")
+            pytest.skip("FUNCTIONS_TEST_DATABASE_URL not set (make test sets it)")
+        db = open_database(PG_URL, tmp_path / "unused.db")
+        db.drop_tables(models.ALL_MODELS, safe=True)
+        url = PG_URL
+    else:
+        url = ""
+    db = open_database(url, tmp_path / "functions.db")
+    yield url, tmp_path / "functions.db"
+    db.close()
+
+
+@pytest.fixture
+def rules(store):
+    catalog = RuntimeCatalog(load_catalog(Settings().runtime_catalog))
+    return FunctionRules(catalog=catalog, max_timeout=900, vars_max_bytes=8192)
+
+
+def data(name="fn", **kw):
+    return FunctionInput(name=name, execute=kw.get("execute", []), vars=kw.get("vars", {}),
+                         events=kw.get("events", []), schedule=kw.get("schedule", ""), timeout=kw.get("timeout"))
+
+
+def test_schema_creation_is_idempotent_and_keeps_data(store, rules):
+    url, path = store
+    rules.create("p", "keep", "python-3.11", data())
+    open_database(url, path)
+    open_database(url, path)
+    assert models.SchemaVersion.get_by_id(1).version == store_db.SCHEMA_VERSION
+    assert rules.get("p", "keep").name == "fn"
+
+
+def test_sqlite_uses_wal(store):
+    url, _ = store
+    if url:
+        pytest.skip("SQLite only")
+    assert store_db.database.execute_sql("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_crud_and_duplicates(store, rules):
+    fn = rules.create("p", "one", "python-3.11", data(vars={"K": "V"}, schedule="@daily"))
+    assert fn.vars == {"K": "V"} and fn.schedule_next > time.time()
+    with pytest.raises(ApiError) as caught:
+        rules.create("p", "one", "python-3.11", data())
+    assert caught.value.status == 409
+    rules.create("q", "one", "python-3.11", data())  # another project: fine
+    updated = rules.update("p", "one", data(name="new"))
+    assert updated.name == "new" and updated.vars == {} and updated.timeout == 15
+    with pytest.raises(ApiError) as caught:
+        rules.get("p", "nope")
+    assert caught.value.type == "function_not_found"
+
+
+def test_paging_and_search(store, rules):
+    for i in range(30):
+        rules.create("p", f"f{i:02d}", "python-3.11", data(name=f"name {'even' if i % 2 == 0 else 'odd'} {i}"))
+    listing = dict(search="", limit=None, offset=0, cursor="", cursor_direction="", order_type="")
+    page = rules.list("p", **listing)
+    assert page.total == 30 and [f.uid for f in page.items] == [f"f{i:02d}" for i in range(25)]
+    page = rules.list("p", **{**listing, "cursor": "f10", "limit": 3})
+    assert [f.uid for f in page.items] == ["f11", "f12", "f13"]
+    page = rules.list("p", **{**listing, "cursor": "f10", "limit": 3, "cursor_direction": "before"})
+    assert [f.uid for f in page.items] == ["f07", "f08", "f09"]
+    page = rules.list("p", **{**listing, "cursor": "f10", "limit": 3, "order_type": "DESC"})
+    assert [f.uid for f in page.items] == ["f09", "f08", "f07"]
+    page = rules.list("p", **{**listing, "search": "ev", "limit": 2, "offset": 1})
+    assert page.total == 15 and [f.uid for f in page.items] == ["f02", "f04"]
+    page = rules.list("p", **{**listing, "search": "odd 2"})  # every word must match
+    assert {f.uid for f in page.items} == {"f21", "f23", "f25", "f27", "f29"}
+    with pytest.raises(ApiError) as caught:
+        rules.list("p", **{**listing, "cursor": "missing"})
+    assert caught.value.type == "general_cursor_not_found"
+
+
+def test_delete_removes_deployments_executions_and_search_rows(store, rules):
+    deleted = []
+    rules.on_delete.append(lambda fn, deployments: deleted.append((fn.uid, [d.uid for d in deployments])))
+    fn = rules.create("p", "gone", "python-3.11", data())
+    keep = rules.create("p", "kept", "python-3.11", data())
+    now = int(time.time())
+    for owner in (fn, keep):
+        Deployment.create(project="p", uid=f"d-{owner.uid}", function=owner.uid, entrypoint="main.py", date_created=now)
+        Execution.create(project="p", uid=f"e-{owner.uid}", function=owner.uid, read=[], date_created=now)
+    rules.delete("p", "gone")
+    assert Deployment.select().where(Deployment.function == "gone").count() == 0
+    assert Execution.select().where(Execution.function == "gone").count() == 0
+    assert SearchToken.select().where((SearchToken.kind == "function") & (SearchToken.owner == fn.seq)).count() == 0
+    assert Deployment.select().where(Deployment.function == "kept").count() == 1
+    assert Function.select().where(Function.uid == "kept").count() == 1
+    assert deleted == [("gone", ["d-gone"])]
