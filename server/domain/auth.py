@@ -58,17 +58,62 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class _Recent:
+    """A tiny TTL cache: projects and keys are read on every call, change rarely."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._entries: dict = {}
+
+    def get(self, key, load):
+        now = time.monotonic()
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = load()
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[key] = (now + self.ttl, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+# Seconds a project or key lookup is reused; a new key works at once (misses
+# are not cached for keys), a deleted one may work this long.
+_recent = _Recent(ttl=5.0)
+
+
+def _project_exists(project_id: str) -> bool:
+    return _recent.get(("project", project_id), lambda: Project.get_or_none(Project.id == project_id) is not None)
+
+
+def _key(secret: str) -> tuple[str, frozenset[str]] | None:
+    digest = hash_secret(secret)
+
+    def load():
+        key = ApiKey.get_or_none(ApiKey.secret_hash == digest)
+        return (key.project_id, frozenset(key.scopes)) if key else None
+
+    found = _recent.get(("key", digest), load)
+    if found is None:
+        _recent._entries.pop(("key", digest), None)
+    return found
+
+
 def authenticate(metadata: Mapping[str, str]) -> Caller:
     """Resolve the project and the API key named in request metadata (blocking: reads the DB)."""
     project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT
-    if Project.get_or_none(Project.id == project_id) is None:
+    if not _project_exists(project_id):
+        _recent._entries.pop(("project", project_id), None)
         raise project_not_found()
     secret = metadata.get("x-appwrite-key", "")
     if secret:
-        key = ApiKey.get_or_none(ApiKey.secret_hash == hash_secret(secret))
-        if key is None or key.project_id != project_id:
+        key = _key(secret)
+        if key is None or key[0] != project_id:
             raise ApiError(401, "user_unauthorized", "Invalid API key for this project.")
-        return Caller(project=project_id, role="app", scopes=frozenset(key.scopes), roles=frozenset({"role:app", "role:all"}))
+        return Caller(project=project_id, role="app", scopes=key[1], roles=frozenset({"role:app", "role:all"}))
     return Caller(project=project_id, role="guest", scopes=frozenset(), roles=frozenset({"role:guest", "role:all"}))
 
 

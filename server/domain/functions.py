@@ -13,7 +13,7 @@ from server.domain.errors import function_already_exists, function_not_found
 from server.domain.events import EVENT_NAMES
 from server.domain.listing import page_request
 from server.domain.runtimes import RuntimeCatalog
-from server.store import search
+from server.store import counts, search
 from server.store.db import database
 from server.store.models import Build, Deployment, Execution, Function
 from server.store.paging import Page, find_page
@@ -71,6 +71,7 @@ class FunctionRules:
                     date_created=now, date_updated=now, **fields,
                 )
                 _index(fn)
+                counts.adjust(SEARCH_KIND, project, "", 1)
         except pw.IntegrityError:
             raise function_already_exists() from None
         return fn
@@ -121,6 +122,9 @@ class FunctionRules:
             search.unindex("execution", executions)
             Execution.delete().where((Execution.project == project) & (Execution.function == fn.uid)).execute()
             search.unindex(SEARCH_KIND, [fn.seq])
+            counts.drop("deployment", project, fn.uid)
+            counts.drop("execution", project, fn.uid)
+            counts.adjust(SEARCH_KIND, project, "", -1)
             fn.delete_instance()
         for hook in self.on_delete:
             hook(fn, deployments)

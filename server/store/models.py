@@ -159,8 +159,21 @@ class SearchToken(BaseModel):
         primary_key = False
         indexes = (
             (("kind", "project", "scope", "token", "owner"), False),
-            (("kind", "owner"), False),
+            (("kind", "owner", "token"), False),
         )
 
 
-ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, SearchToken]
+class ListCount(BaseModel):
+    """Row count of one list (kind, project, scope), kept in step with inserts
+    and deletes so `total` of an unfiltered list costs one lookup, not a scan."""
+
+    kind = pw.CharField(max_length=16)
+    project = pw.CharField(max_length=36)
+    scope = pw.CharField(max_length=36)
+    count = pw.BigIntegerField(default=0)
+
+    class Meta:
+        primary_key = pw.CompositeKey("kind", "project", "scope")
+
+
+ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, SearchToken, ListCount]

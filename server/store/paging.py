@@ -7,9 +7,14 @@ from typing import Generic, TypeVar
 
 import peewee as pw
 
-from server.store import search
+from server.store import counts, search
 
 T = TypeVar("T")
+
+# With a search, pages of at most this many matches are sorted in memory from
+# the word index; larger result sets are walked in creation order instead,
+# which stops as soon as the page is full.
+_SMALL_RESULT = 2000
 
 
 @dataclass(frozen=True)
@@ -30,17 +35,32 @@ class Page(Generic[T]):
     items: list[T]
 
 
-def find_page(query: pw.ModelSelect, model, kind: str, project: str, scope: str, req: PageRequest) -> Page:
+def find_page(query: pw.ModelSelect, model, kind: str, project: str, scope: str, req: PageRequest,
+              counted: bool = True) -> Page:
     """Run `query` (already filtered to one list) as one page.
 
     Order is creation order (`seq`). With a cursor, `after` returns the rows
     that follow it in the requested order and `before` the rows that precede
-    it, still in the requested order. `total` counts every match.
+    it, still in the requested order. `total` counts every match; `counted`
+    says that `query` is exactly the list whose counter store.counts keeps
+    (no further filters), so an unsearched total is one lookup.
     """
     seq = model.seq
-    for word in search.words(req.search):
-        query = query.where(seq.in_(search.matching(kind, project, scope, word)))
-    total = query.count()
+    words = search.words(req.search)
+    if words:
+        # Drive from the longest word (usually the most selective) through
+        # the word index; check the other words per row.
+        driver, *others = sorted(words, key=len, reverse=True)
+        for word in others:
+            query = query.where(search.has_word(kind, seq, word))
+        narrowed = query.where(seq.in_(search.matching(kind, project, scope, driver)))
+        total = narrowed.count()
+        if total <= _SMALL_RESULT:
+            query = narrowed
+        else:
+            query = query.where(search.has_word(kind, seq, driver))
+    else:
+        total = counts.get(kind, project, scope) if counted else query.count()
     forward = req.ascending
     if req.cursor_seq is not None:
         forward = req.ascending == req.after

@@ -44,6 +44,17 @@ def unindex(kind: str, owners: Iterable[int] | pw.SelectQuery) -> None:
     SearchToken.delete().where((SearchToken.kind == kind) & SearchToken.owner.in_(owners)).execute()
 
 
+def has_word(kind: str, owner_column: pw.Field, term: str) -> pw.Expression:
+    """EXISTS: the row in `owner_column` has a word that starts with `term`'s word."""
+    low = _encode(term)
+    token = SearchToken.alias()
+    return pw.fn.EXISTS(
+        token.select(pw.SQL("1")).where(
+            (token.kind == kind) & (token.owner == owner_column) & (token.token >= low) & (token.token < low + "g")
+        )
+    )
+
+
 def matching(kind: str, project: str, scope: str, term: str) -> pw.SelectQuery:
     """Subquery of owners having a word that starts with `term`'s word."""
     low = _encode(term)
