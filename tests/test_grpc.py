@@ -62,7 +62,7 @@ def test_real_status_codes_with_appwrite_error_trailer(channel, md):
     deployments = deployment_pb2_grpc.DeploymentServiceStub(channel)
     with pytest.raises(grpc.RpcError) as caught:
         deployments.GetDeployment(deployment_pb2.GetDeploymentRequest(function_id="f", deployment_id="d"), metadata=md)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_duplicate_is_already_exists(channel, md):

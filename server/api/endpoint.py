@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import grpc
 
-from server.domain.auth import Caller, Scope, authenticate
+from server.domain.auth import Authenticator, Caller, Scope
 from server.domain.errors import ApiError, server_error
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,13 @@ async def abort_with(context: grpc.aio.ServicerContext, error: ApiError, version
 class ServicerBase:
     """Shared plumbing for servicers; see `endpoint`."""
 
-    def __init__(self, blocking: Blocking, error_version: str):
+    def __init__(self, blocking: Blocking, error_version: str, authenticator: Authenticator):
         self.blocking = blocking
         self.error_version = error_version
+        self.authenticator = authenticator
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
-        return await self.blocking(authenticate, metadata_of(context))
+        return await self.blocking(self.authenticator, metadata_of(context))
 
     async def fail(self, context: grpc.aio.ServicerContext, error: BaseException, rpc: str) -> None:
         if not isinstance(error, ApiError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping
 
+from server.domain import jwt
 from server.domain.errors import ApiError, project_not_found
 from server.store.models import ApiKey, Project
 
@@ -39,6 +40,8 @@ class Caller:
     scopes: frozenset[str]
     user_id: str = ""
     roles: frozenset[str] = field(default_factory=frozenset)
+    jwt: str = ""
+    address: str = ""  # the client's address, for rate limits of anonymous callers
 
     @property
     def is_key(self) -> bool:
@@ -102,19 +105,55 @@ def _key(secret: str) -> tuple[str, frozenset[str]] | None:
     return found
 
 
-def authenticate(metadata: Mapping[str, str]) -> Caller:
-    """Resolve the project and the API key named in request metadata (blocking: reads the DB)."""
-    project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT
-    if not _project_exists(project_id):
-        _recent._entries.pop(("project", project_id), None)
-        raise project_not_found()
-    secret = metadata.get("x-appwrite-key", "")
-    if secret:
-        key = _key(secret)
-        if key is None or key[0] != project_id:
-            raise ApiError(401, "user_unauthorized", "Invalid API key for this project.")
-        return Caller(project=project_id, role="app", scopes=key[1], roles=frozenset({"role:app", "role:all"}))
-    return Caller(project=project_id, role="guest", scopes=frozenset(), roles=frozenset({"role:guest", "role:all"}))
+# End users (JWT) hold these scopes, as Appwrite's `member` role did.
+MEMBER_SCOPES = frozenset({Scope.EXECUTION_READ.value, Scope.EXECUTION_WRITE.value})
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    """Turns request metadata into a Caller (blocking: may read the DB).
+
+    Precedence: an API key, else an end-user JWT (HS256 with `jwt_secret`),
+    else a guest.
+    """
+
+    jwt_secret: str
+
+    def __call__(self, metadata: Mapping[str, str]) -> Caller:
+        project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT
+        if not _project_exists(project_id):
+            _recent._entries.pop(("project", project_id), None)
+            raise project_not_found()
+        secret = metadata.get("x-appwrite-key", "")
+        if secret:
+            key = _key(secret)
+            if key is None or key[0] != project_id:
+                raise ApiError(401, "user_unauthorized", "Invalid API key for this project.")
+            return Caller(project=project_id, role="app", scopes=key[1], roles=frozenset({"role:app", "role:all"}))
+        token = metadata.get("x-appwrite-jwt", "")
+        if token:
+            try:
+                claims = jwt.decode(token, self.jwt_secret)
+            except jwt.InvalidToken as error:
+                raise ApiError(401, "user_jwt_invalid", f"Failed to verify JWT. {error}") from None
+            user_id = claims.get("userId") or claims.get("sub")
+            roles = {"role:all", "role:member", f"user:{user_id}"}
+            for membership in claims.get("teams") or []:
+                if isinstance(membership, str) and membership:
+                    team, _, team_role = membership.partition("/")
+                    roles.add(f"team:{team}")
+                    if team_role:
+                        roles.add(f"team:{team}/{team_role}")
+            return Caller(project=project_id, role="member", scopes=MEMBER_SCOPES, user_id=user_id,
+                          roles=frozenset(roles), jwt=token)
+        return Caller(project=project_id, role="guest", scopes=frozenset(), roles=frozenset({"role:guest", "role:all"}),
+                      address=_client_address(metadata))
+
+
+def _client_address(metadata: Mapping[str, str]) -> str:
+    """The caller's address as the gateway saw it (Envoy sets x-envoy-external-address)."""
+    forwarded = metadata.get("x-envoy-external-address") or metadata.get("x-forwarded-for", "").split(",")[-1]
+    return forwarded.strip()
 
 
 def create_project(project_id: str, name: str = "") -> Project:

@@ -58,11 +58,13 @@ class RuntimeCatalog:
         self._allowed = set(allowed)
         self._is_available = is_available or (lambda runtime: True)
 
+    def configured(self) -> list[Runtime]:
+        """Runtimes the settings enable, available or not."""
+        return [r for r in self._runtimes if not self._allowed or r.id in self._allowed]
+
     def enabled(self) -> list[Runtime]:
-        return [
-            r for r in self._runtimes
-            if (not self._allowed or r.id in self._allowed) and self._is_available(r)
-        ]
+        """Runtimes the settings enable and whose image is available."""
+        return [r for r in self.configured() if self._is_available(r)]
 
     def get(self, runtime_id: str) -> Runtime | None:
         return next((r for r in self._runtimes if r.id == runtime_id), None)

@@ -85,6 +85,9 @@ class Deployment(BaseModel):
     activate = pw.BooleanField(default=False)
     chunks_total = pw.IntegerField(default=1)
     chunks_uploaded = pw.IntegerField(default=0)
+    # Byte ranges received so far, [[start, end), ...] merged; complete when
+    # they cover [0, size).
+    received = JSONField(default=list)
     # Path of the complete package under the data directory, "" while partial.
     path = pw.CharField(max_length=1024, default="")
     sha256 = pw.CharField(max_length=64, default="")

@@ -1,0 +1,310 @@
+"""Deployments: receiving code, activation, deletion and build retries.
+
+An upload becomes a deployment only once its archive is complete and valid;
+then a build is queued (see server.domain.builds). A chunked upload has a
+deployment row from its first chunk (so clients get its `$id`), holding the
+byte ranges received so far; a failed check on the assembled archive removes
+the row and every file, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from server.domain import validation as v
+from server.domain.errors import (
+    ApiError,
+    build_not_found,
+    build_not_ready,
+    deployment_not_found,
+    missing_argument,
+)
+from server.domain.functions import FunctionRules
+from server.domain.listing import page_request
+from server.domain.packages import PackageStore, check_archive
+from server.domain.uploads import ContentRange, FileSink, UploadReader, parse_bool, too_large
+from server.store import counts, search
+from server.store.db import database
+from server.store.models import Build, Deployment, Function
+from server.store.paging import Page, find_page
+
+SEARCH_KIND = "deployment"
+
+
+def _merge(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
+    merged: list[list[int]] = []
+    for lo, hi in sorted(ranges + [[start, end]]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return merged
+
+
+class _KeyedLocks:
+    """One lock per deployment ID: chunks of one upload update its row in turn."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def __call__(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+@dataclass
+class DeploymentRules:
+    functions: FunctionRules
+    packages: PackageStore
+    code_size_limit: int
+    uncompressed_limit: int
+    enqueue_build: Callable[[Build], None]
+    on_delete: list[Callable[[Deployment], None]] | None = None
+
+    def __post_init__(self):
+        self._locks = _KeyedLocks()
+
+    # ---- reading ----------------------------------------------------------
+
+    def get(self, project: str, function_id: str, deployment_id: str) -> tuple[Deployment, Build | None]:
+        self.functions.get(project, function_id)
+        dep = Deployment.get_or_none((Deployment.project == project) & (Deployment.uid == deployment_id) & (Deployment.function == function_id))
+        if dep is None:
+            raise deployment_not_found()
+        return dep, self.build_of(dep)
+
+    def list(self, project: str, function_id: str, *, search: str, limit: int | None, offset: int, cursor: str,
+             cursor_direction: str, order_type: str) -> Page[tuple[Deployment, Build | None]]:
+        self.functions.get(project, function_id)
+        in_list = (Deployment.project == project) & (Deployment.function == function_id)
+
+        def cursor_seq(uid: str) -> int | None:
+            row = Deployment.select(Deployment.seq).where(in_list & (Deployment.uid == uid)).first()
+            return row.seq if row else None
+
+        req = page_request(search=search, limit=limit, offset=offset, cursor=cursor, cursor_direction=cursor_direction,
+                           order_type=order_type, cursor_label="Tag", cursor_seq=cursor_seq)
+        page = find_page(Deployment.select().where(in_list), Deployment, SEARCH_KIND, project, function_id, req)
+        builds = {b.uid: b for b in Build.select().where((Build.project == project) & Build.uid.in_([d.build for d in page.items if d.build]))}
+        return Page(total=page.total, items=[(d, builds.get(d.build)) for d in page.items])
+
+    def build_of(self, dep: Deployment) -> Build | None:
+        return Build.get_or_none((Build.project == dep.project) & (Build.uid == dep.build)) if dep.build else None
+
+    # ---- uploads ----------------------------------------------------------
+
+    def begin_upload(self, project: str, function_id: str, headers: Mapping[str, str], content_type: str,
+                     entrypoint: str = "", activate: bool | None = None) -> "Upload":
+        """Checks that can be made before any byte is stored (unknown function: 404)."""
+        fn = self.functions.get(project, function_id)
+        chunk = ContentRange.parse(headers["content-range"]) if headers.get("content-range") else None
+        if chunk and chunk.size > self.code_size_limit:
+            raise too_large(self.code_size_limit)
+        existing = None
+        upload_id = headers.get("x-appwrite-id", "").strip()
+        if chunk and upload_id:
+            existing = Deployment.get_or_none((Deployment.project == project) & (Deployment.uid == upload_id) & (Deployment.function == fn.uid))
+            if existing is None:
+                raise deployment_not_found()
+            if existing.path:
+                raise ApiError(400, "storage_invalid_content_range", "This deployment's upload is already complete.")
+            if existing.size != chunk.size:
+                raise ApiError(400, "storage_invalid_content_range", "Content-Range total differs from the upload's first chunk.")
+        deployment_id = existing.uid if existing else v.new_id()
+        if chunk:
+            path = self.packages.upload_path(project, f"{deployment_id}.part")
+            limit, offset, truncate = chunk.length, chunk.start, False
+        else:
+            path = self.packages.upload_path(project, f"{deployment_id}.{uuid.uuid4().hex[:8]}.upload")
+            limit, offset, truncate = self.code_size_limit, 0, True
+        return Upload(self, fn, deployment_id, existing, chunk, path,
+                      UploadReader(content_type, lambda: FileSink(path, offset, limit, truncate)), entrypoint, activate)
+
+    def _finish_upload(self, upload: "Upload") -> Deployment:
+        received = upload.reader.finish()
+        upload.reader.close()
+        fields = received.fields
+        entrypoint = fields.get("entrypoint", upload.entrypoint)
+        activate = parse_bool("activate", fields["activate"]) if "activate" in fields else bool(upload.activate)
+        if received.sink is None or received.sink.received == 0 and upload.chunk is None:
+            raise ApiError(400, "storage_file_empty", "No file sent")
+        if upload.existing is None:
+            if entrypoint == "":
+                raise missing_argument("entrypoint")
+            v.text("entrypoint", entrypoint, 1028)
+        if upload.chunk is None:
+            return self._complete(upload, upload.path, entrypoint, activate, received.sink.received,
+                                  received.sink.sha256.hexdigest(), chunks=(1, 1))
+        if received.sink.received != upload.chunk.length:
+            raise ApiError(400, "storage_invalid_content_range",
+                           f"The chunk holds {received.sink.received} bytes; Content-Range says {upload.chunk.length}.")
+        return self._record_chunk(upload, entrypoint, activate)
+
+    def _record_chunk(self, upload: "Upload", entrypoint: str, activate: bool) -> Deployment:
+        chunk = upload.chunk
+        with self._locks(upload.deployment_id):
+            dep = Deployment.get_or_none((Deployment.project == upload.fn.project) & (Deployment.uid == upload.deployment_id))
+            if dep is None:
+                if upload.existing is not None:  # deleted while this chunk was in flight
+                    raise deployment_not_found()
+                with database.atomic():
+                    dep = Deployment.create(
+                        project=upload.fn.project, uid=upload.deployment_id, function=upload.fn.uid, entrypoint=entrypoint,
+                        size=chunk.size, activate=activate, chunks_total=-(-chunk.size // chunk.length) if chunk.end < chunk.size else 1,
+                        chunks_uploaded=0, received=[], date_created=int(time.time()),
+                    )
+                    _index(dep)
+                    counts.adjust(SEARCH_KIND, dep.project, dep.function, 1)
+            if chunk.end < chunk.size:  # non-last chunks tell the chunk size
+                dep.chunks_total = -(-chunk.size // chunk.length)
+            before = sum(hi - lo for lo, hi in dep.received)
+            dep.received = _merge(dep.received, chunk.start, chunk.end)
+            if sum(hi - lo for lo, hi in dep.received) > before:
+                dep.chunks_uploaded += 1
+            complete = dep.received == [[0, chunk.size]]
+            if not complete:
+                dep.save()
+                return dep
+            dep.chunks_uploaded = dep.chunks_total = max(dep.chunks_total, dep.chunks_uploaded)
+            dep.save()
+            try:
+                return self._complete(upload, upload.path, dep.entrypoint, dep.activate, chunk.size,
+                                      _sha256_of(upload.path), chunks=(dep.chunks_total, dep.chunks_uploaded))
+            except ApiError:
+                self._discard(dep)
+                raise
+
+    def _complete(self, upload: "Upload", source: Path, entrypoint: str, activate: bool, size: int, sha256: str,
+                  chunks: tuple[int, int]) -> Deployment:
+        """The archive is whole: check it, move it into place, queue its build."""
+        check_archive(source, entrypoint, self.uncompressed_limit)
+        project, deployment_id = upload.fn.project, upload.deployment_id
+        package = self.packages.commit(source, project, deployment_id)
+        try:
+            with database.atomic():
+                dep = Deployment.get_or_none((Deployment.project == project) & (Deployment.uid == deployment_id))
+                if dep is None:
+                    dep = Deployment.create(project=project, uid=deployment_id, function=upload.fn.uid, entrypoint=entrypoint,
+                                            activate=activate, size=size, date_created=int(time.time()), received=[])
+                    _index(dep)
+                    counts.adjust(SEARCH_KIND, project, dep.function, 1)
+                build = Build.create(project=project, uid=v.new_id(), deployment=deployment_id,
+                                     runtime=upload.fn.runtime, status="processing", start_time=0)
+                dep.size, dep.sha256, dep.path, dep.build = size, sha256, str(package), build.uid
+                dep.chunks_total, dep.chunks_uploaded = chunks
+                dep.received = [[0, size]] if upload.chunk else []
+                dep.save()
+                if activate:
+                    # As in Appwrite: the newest upload with activate=true wins.
+                    Deployment.update(activate=False).where(
+                        (Deployment.project == project) & (Deployment.function == dep.function)
+                        & (Deployment.uid != dep.uid) & (Deployment.activate == True)  # noqa: E712
+                    ).execute()
+        except Exception:
+            package.unlink(missing_ok=True)
+            raise
+        self.enqueue_build(build)
+        return dep
+
+    def _discard(self, dep: Deployment) -> None:
+        with database.atomic():
+            search.unindex(SEARCH_KIND, [dep.seq])
+            counts.adjust(SEARCH_KIND, dep.project, dep.function, -1)
+            dep.delete_instance()
+        self.packages.remove(dep.project, dep.uid)
+
+    # ---- activation, deletion, retry ---------------------------------------
+
+    def activate(self, project: str, function_id: str, deployment_id: str) -> Function:
+        fn = self.functions.get(project, function_id)
+        dep, build = self.get(project, function_id, deployment_id)
+        if build is None:
+            raise build_not_found()
+        if build.status != "ready":
+            raise build_not_ready()
+        fn.deployment = dep.uid
+        fn.save()
+        return fn
+
+    def delete(self, project: str, function_id: str, deployment_id: str) -> None:
+        dep, build = self.get(project, function_id, deployment_id)
+        with database.atomic():
+            Function.update(deployment="").where(
+                (Function.project == project) & (Function.uid == function_id) & (Function.deployment == dep.uid)
+            ).execute()
+            if build is not None:
+                build.delete_instance()
+            search.unindex(SEARCH_KIND, [dep.seq])
+            counts.adjust(SEARCH_KIND, project, function_id, -1)
+            dep.delete_instance()
+        self.packages.remove(project, dep.uid, dep.build)
+        for hook in self.on_delete or ():
+            hook(dep)
+
+    def retry_build(self, project: str, function_id: str, deployment_id: str, build_id: str) -> None:
+        dep, build = self.get(project, function_id, deployment_id)
+        if build is None or build.uid != build_id:
+            raise build_not_found()
+        if build.status != "failed":
+            raise ApiError(400, "build_in_progress", "Build not failed")
+        with database.atomic():
+            updated = Build.update(status="processing", stdout="", stderr="", start_time=0, end_time=0, duration=0).where(
+                (Build.project == project) & (Build.uid == build.uid) & (Build.status == "failed")
+            ).execute()
+        if not updated:
+            raise ApiError(400, "build_in_progress", "Build not failed")
+        self.enqueue_build(Build.get_by_id(build.seq))
+
+
+@dataclass
+class Upload:
+    """One request of an upload in flight (a whole file or one chunk)."""
+
+    rules: DeploymentRules
+    fn: Function
+    deployment_id: str
+    existing: Deployment | None
+    chunk: ContentRange | None
+    path: Path
+    reader: UploadReader
+    entrypoint: str
+    activate: bool | None
+
+    def feed(self, data: bytes) -> None:
+        self.reader.feed(data)
+
+    def finish(self) -> Deployment:
+        try:
+            return self.rules._finish_upload(self)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Leave nothing behind: a whole-file upload's temp file goes; a chunk's
+        bytes stay only in its own range of the part file, which a re-send overwrites.
+        The first chunk of an upload that never got a row removes its part file."""
+        self.reader.close()
+        if self.chunk is None:
+            self.path.unlink(missing_ok=True)
+        elif self.existing is None and Deployment.get_or_none(Deployment.uid == self.deployment_id) is None:
+            self.path.unlink(missing_ok=True)
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _index(dep: Deployment) -> None:
+    search.index(SEARCH_KIND, dep.project, dep.function, dep.seq, [dep.uid, dep.entrypoint])

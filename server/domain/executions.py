@@ -1,0 +1,218 @@
+"""Executions: who may run a function, what it is given, and the records.
+
+The running itself is server.domain.runner's (async, through the container
+pool); this module holds the rules and the store work around it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.domain import validation as v
+from server.domain.auth import Caller, Scope
+from server.domain.errors import ApiError, build_not_found, build_not_ready, deployment_not_found, execution_not_found
+from server.domain.functions import FunctionRules
+from server.domain.listing import page_request
+from server.domain.ratelimit import RateLimiter
+from server.domain.runtimes import Runtime, RuntimeCatalog
+from server.store import counts, search
+from server.store.db import database
+from server.store.models import Build, Deployment, Execution, Function
+from server.store.paging import Page, find_page
+
+SEARCH_KIND = "execution"
+MAX_DATA = 8192
+OUTPUT_TAIL = 16_384
+TIMEOUT_MESSAGE = "Execution timed out."
+TIMEOUT_STATUS = 124
+
+
+@dataclass(frozen=True)
+class Runnable:
+    """Everything needed to run one execution of a function's active deployment."""
+
+    function: Function
+    deployment: Deployment
+    build: Build
+    runtime: Runtime
+
+    @property
+    def code_dir(self) -> Path:
+        return Path(self.build.output_path)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run produced (see server.engine's InvocationResult)."""
+
+    status_code: int
+    body: str
+    logs: str
+    errors: str
+    error: str
+    duration: float
+
+
+def can_execute(caller: Caller, execute: list[str]) -> bool:
+    """API keys always; others when a role they hold is in `execute`."""
+    return caller.is_key or any(role in caller.roles for role in execute)
+
+
+@dataclass
+class ExecutionRules:
+    functions: FunctionRules
+    catalog: RuntimeCatalog
+    limiter: RateLimiter
+    max_waiting: int
+
+    # ---- creating -------------------------------------------------------
+
+    def runnable(self, caller: Caller, function_id: str, data: str) -> Runnable:
+        """All checks before a run, in Appwrite's order (blocking)."""
+        if caller.is_key:
+            caller.require(Scope.EXECUTION_WRITE)
+        fn = self.functions.get(caller.project, function_id)
+        runtime = self.catalog.get(fn.runtime)
+        if runtime is None or runtime not in self.catalog.enabled():
+            raise ApiError(400, "function_runtime_unsupported", f'Runtime "{fn.runtime}" is not supported')
+        dep = Deployment.get_or_none((Deployment.project == fn.project) & (Deployment.uid == fn.deployment)
+                                     & (Deployment.function == fn.uid)) if fn.deployment else None
+        if dep is None:
+            raise deployment_not_found("Deployment not found. Deploy deployment before trying to execute a function")
+        build = Build.get_or_none((Build.project == fn.project) & (Build.uid == dep.build)) if dep.build else None
+        if build is None:
+            raise build_not_found()
+        if build.status != "ready":
+            raise build_not_ready()
+        if not can_execute(caller, fn.execute):
+            raise ApiError(401, "user_unauthorized", _denied(caller, fn.execute))
+        v.text("data", data, MAX_DATA)
+        if not caller.is_key:
+            who = f"user:{caller.user_id}" if caller.user_id else f"ip:{caller.address}"
+            self.limiter.hit(f"{caller.project}/{fn.uid}/{who}")
+        return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
+
+    def environment(self, run: Runnable, caller: Caller, data: str, trigger: str = "http") -> dict[str, str]:
+        """The function's vars under the twelve APPWRITE_FUNCTION_* variables (those win)."""
+        return {
+            **run.function.vars,
+            "APPWRITE_FUNCTION_ID": run.function.uid,
+            "APPWRITE_FUNCTION_NAME": run.function.name,
+            "APPWRITE_FUNCTION_DEPLOYMENT": run.deployment.uid,
+            "APPWRITE_FUNCTION_TRIGGER": trigger,
+            "APPWRITE_FUNCTION_RUNTIME_NAME": run.runtime.name,
+            "APPWRITE_FUNCTION_RUNTIME_VERSION": run.runtime.version,
+            "APPWRITE_FUNCTION_EVENT": "",
+            "APPWRITE_FUNCTION_EVENT_DATA": "",
+            "APPWRITE_FUNCTION_DATA": data,
+            "APPWRITE_FUNCTION_PROJECT_ID": run.function.project,
+            "APPWRITE_FUNCTION_USER_ID": caller.user_id,
+            "APPWRITE_FUNCTION_JWT": caller.jwt,
+        }
+
+    def record(self, run: Runnable, caller: Caller, data: str, outcome: Outcome | None) -> Execution:
+        """Store a new execution: finished (sync) or waiting (async, `outcome` None)."""
+        fields = _outcome_fields(outcome) if outcome else {"status": "waiting"}
+        with database.atomic():
+            if outcome is None:
+                waiting = Execution.select().where((Execution.project == caller.project) & (Execution.status == "waiting")).count()
+                if waiting >= self.max_waiting:
+                    raise ApiError(429, "general_rate_limit_exceeded", "Too many executions waiting; retry later.")
+            ex = Execution.create(
+                project=caller.project, uid=v.new_id(), function=run.function.uid, deployment=run.deployment.uid,
+                read=[f"user:{caller.user_id}"] if caller.user_id else [], trigger="http", data=data,
+                user_id=caller.user_id, date_created=int(time.time()), **fields,
+            )
+            search.index(SEARCH_KIND, ex.project, ex.function, ex.seq, [ex.function, ex.uid])
+            counts.adjust(SEARCH_KIND, ex.project, ex.function, 1)
+        return ex
+
+    # ---- the async queue ---------------------------------------------------
+
+    def claim(self, seq: int) -> Execution | None:
+        """waiting -> processing, atomically; None if another worker took it or it is gone."""
+        claimed = Execution.update(status="processing").where((Execution.seq == seq) & (Execution.status == "waiting")).execute()
+        return Execution.get_or_none(Execution.seq == seq) if claimed else None
+
+    def waiting(self, limit: int = 1000) -> list[int]:
+        return [row.seq for row in Execution.select(Execution.seq).where(Execution.status == "waiting").order_by(Execution.seq).limit(limit)]
+
+    def finish(self, ex: Execution, outcome: Outcome) -> None:
+        Execution.update(**_outcome_fields(outcome)).where(Execution.seq == ex.seq).execute()
+
+    def fail(self, ex: Execution, message: str, status_code: int = 500) -> None:
+        Execution.update(status="failed", status_code=status_code, stderr=message[-OUTPUT_TAIL:]).where(
+            Execution.seq == ex.seq
+        ).execute()
+
+    def interrupted(self) -> int:
+        """At start-up: executions cut off mid-run by a stop end as failed."""
+        return Execution.update(
+            status="failed", status_code=500, stderr="Execution interrupted: the service stopped while it ran."
+        ).where(Execution.status == "processing").execute()
+
+    def runnable_for(self, ex: Execution) -> Runnable:
+        """The run of a waiting execution: the deployment it was created for."""
+        fn = self.functions.get(ex.project, ex.function)
+        runtime = self.catalog.get(fn.runtime)
+        dep = Deployment.get_or_none((Deployment.project == ex.project) & (Deployment.uid == ex.deployment))
+        build = dep and Build.get_or_none((Build.project == ex.project) & (Build.uid == dep.build))
+        if runtime is None or dep is None or build is None or build.status != "ready":
+            raise deployment_not_found("The deployment of this execution is gone or not ready.")
+        return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
+
+    # ---- reading -----------------------------------------------------------
+
+    def get(self, caller: Caller, function_id: str, execution_id: str) -> Execution:
+        self._require_read(caller)
+        self.functions.get(caller.project, function_id)
+        ex = Execution.get_or_none((Execution.project == caller.project) & (Execution.uid == execution_id)
+                                   & (Execution.function == function_id))
+        if ex is None or not (caller.is_key or ex.user_id == caller.user_id):
+            raise execution_not_found()
+        return ex
+
+    def list(self, caller: Caller, function_id: str, *, search: str, limit: int | None, offset: int, cursor: str,
+             cursor_direction: str) -> Page[Execution]:
+        self._require_read(caller)
+        self.functions.get(caller.project, function_id)
+        in_list = (Execution.project == caller.project) & (Execution.function == function_id)
+        if not caller.is_key:
+            in_list &= Execution.user_id == caller.user_id
+
+        def cursor_seq(uid: str) -> int | None:
+            row = Execution.select(Execution.seq).where(in_list & (Execution.uid == uid)).first()
+            return row.seq if row else None
+
+        req = page_request(search=search, limit=limit, offset=offset, cursor=cursor, cursor_direction=cursor_direction,
+                           default_order="DESC", cursor_label="Execution", cursor_seq=cursor_seq)
+        return find_page(Execution.select().where(in_list), Execution, SEARCH_KIND, caller.project, function_id, req,
+                         counted=caller.is_key)
+
+    def _require_read(self, caller: Caller) -> None:
+        if caller.is_key or caller.user_id:
+            caller.require(Scope.EXECUTION_READ)
+        else:
+            raise ApiError(401, "general_unauthorized_scope", "User (role: guest) missing scope (execution.read)")
+
+
+def _outcome_fields(outcome: Outcome) -> dict:
+    completed = 200 <= outcome.status_code < 300 and not outcome.error
+    return {
+        "status": "completed" if completed else "failed",
+        "status_code": outcome.status_code,
+        "stdout": outcome.body[-OUTPUT_TAIL:],
+        "stderr": outcome.error[-OUTPUT_TAIL:],
+        "logs": outcome.logs[-OUTPUT_TAIL:],
+        "errors": outcome.errors[-OUTPUT_TAIL:],
+        "time": round(outcome.duration, 6),
+    }
+
+
+def _denied(caller: Caller, execute: list[str]) -> str:
+    if not execute:
+        return "No permissions provided for action 'execute'"
+    return (f'Missing "execute" permission for role "{execute[-1]}". Only this scopes '
+            f'"{sorted(caller.roles)}" are given and only this are allowed "{execute}".')

@@ -1,0 +1,98 @@
+"""Running executions: synchronously for the caller, or through the durable
+async queue (Execution rows with status `waiting`).
+
+The runner is asyncio code on the server's event loop; the store work goes
+to the blocking pool and the containers are the engine's (`invoke`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from server.domain.auth import Caller
+from server.domain.errors import ApiError
+from server.domain.executions import ExecutionRules, Outcome, Runnable
+from server.store.models import Execution
+
+log = logging.getLogger(__name__)
+
+Invoke = Callable[[Runnable, str, dict, float], Awaitable[Outcome]]
+
+
+class ExecutionRunner:
+    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking, workers: int):
+        self.rules = rules
+        self.invoke = invoke
+        self.blocking = blocking
+        self.workers = workers
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self._queued: set[int] = set()  # in the queue now: the sweep adds no duplicates
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        interrupted = await self.blocking(self.rules.interrupted)
+        if interrupted:
+            log.warning("executions cut off by a stop marked failed", extra={"count": interrupted})
+        self._tasks = [asyncio.create_task(self._work(), name=f"execution-worker-{i}") for i in range(self.workers)]
+        self._tasks.append(asyncio.create_task(self._sweep(), name="execution-sweeper"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def run_sync(self, run: Runnable, caller: Caller, data: str) -> Execution:
+        env = self.rules.environment(run, caller, data)
+        outcome = await self.invoke(run, data, env, float(run.function.timeout))
+        return await self.blocking(self.rules.record, run, caller, data, outcome)
+
+    async def submit(self, run: Runnable, caller: Caller, data: str) -> Execution:
+        execution = await self.blocking(self.rules.record, run, caller, data, None)
+        self._enqueue(execution.seq)
+        return execution
+
+    def _enqueue(self, seq: int) -> None:
+        if seq not in self._queued:
+            self._queued.add(seq)
+            self._queue.put_nowait(seq)
+
+    async def _sweep(self) -> None:
+        """Queue what the database holds as waiting: at start and then now and
+        then, so an execution whose wake-up was lost still runs."""
+        while True:
+            seqs = await self.blocking(self.rules.waiting)
+            for seq in seqs:
+                self._enqueue(seq)
+            await asyncio.sleep(5.0)
+
+    async def _work(self) -> None:
+        while True:
+            seq = await self._queue.get()
+            self._queued.discard(seq)
+            try:
+                await self._run_waiting(seq)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one broken execution must not stop the worker
+                log.exception("async execution crashed", extra={"seq": seq})
+
+    async def _run_waiting(self, seq: int) -> None:
+        execution = await self.blocking(self.rules.claim, seq)
+        if execution is None:
+            return  # taken by another worker, or deleted
+        try:
+            run = await self.blocking(self.rules.runnable_for, execution)
+        except ApiError as error:
+            await self.blocking(self.rules.fail, execution, error.message)
+            return
+        caller = Caller(project=execution.project, role="member" if execution.user_id else "guest",
+                        scopes=frozenset(), user_id=execution.user_id)
+        env = self.rules.environment(run, caller, execution.data)
+        try:
+            outcome = await self.invoke(run, execution.data, env, float(run.function.timeout))
+        except ApiError as error:
+            await self.blocking(self.rules.fail, execution, error.message)
+            return
+        await self.blocking(self.rules.finish, execution, outcome)

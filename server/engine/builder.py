@@ -1,0 +1,248 @@
+"""Builds a deployment in one throwaway, hardened container of its runtime image.
+
+The container runs `runtimes/<language>/build.sh` (bind-mounted read-only at
+`RUNTIME_MOUNT`), which unpacks the archive into `CODE_MOUNT` (the build's
+output directory on the host) and installs the dependencies there. Nothing
+else of the image is relied on, so operator images such as `python:3.12-slim`
+work too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import docker
+import requests
+from docker.types import LogConfig
+
+from server.domain.runtimes import Runtime
+
+log = logging.getLogger(__name__)
+
+# Paths inside build (and, later, execution) containers.
+CODE_MOUNT = "/opt/functions/code"
+SOURCE_MOUNT = "/opt/functions/source.tar.gz"
+RUNTIME_MOUNT = "/opt/functions-runtime"
+
+ROLE_LABEL = "functions.role"
+RUNTIME_LABEL = "functions.runtime"
+
+# Sandbox user when the service runs as root: numeric, so images need no passwd entry.
+SANDBOX_UID = SANDBOX_GID = 10001
+
+# Environment every sandbox gets: the root fs is read-only, only /tmp is writable.
+SANDBOX_ENV = {"HOME": "/tmp", "TMPDIR": "/tmp"}
+
+OUTPUT_TAIL_CHARS = 16_384
+
+
+@dataclass
+class ContainerLimits:
+    """Resource limits of one sandbox container (builds now, executions later)."""
+
+    memory_mb: int = 512
+    cpus: float = 1.0
+    pids: int = 256
+
+    def docker_kwargs(self) -> dict:
+        return {
+            "mem_limit": f"{self.memory_mb}m",
+            # Equal to mem_limit: no swap, so the memory limit is a hard one.
+            "memswap_limit": f"{self.memory_mb}m",
+            "nano_cpus": int(self.cpus * 1e9),
+            "pids_limit": self.pids,
+        }
+
+
+@dataclass
+class BuildResult:
+    ok: bool
+    stdout: str  # the last OUTPUT_TAIL_CHARS characters
+    stderr: str  # the last OUTPUT_TAIL_CHARS characters; ends with the reason of a failure
+    duration: float  # seconds
+
+
+def sandbox_ids() -> tuple[int, int]:
+    """uid/gid sandbox containers run as.
+
+    As root the service uses a dedicated uid and hands it the output directory.
+    Otherwise it uses its own uid, so it can still clean up what builds write.
+    """
+    if os.geteuid() == 0:
+        return SANDBOX_UID, SANDBOX_GID
+    return os.geteuid(), os.getegid()
+
+
+def hardened_kwargs(network: str, tmp_mb: int) -> dict:
+    """Docker `create` arguments that confine untrusted code."""
+    uid, gid = sandbox_ids()
+    return {
+        "user": f"{uid}:{gid}",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        # exec: package builds run helpers from /tmp. The tmpfs is charged to the memory limit anyway.
+        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={tmp_mb}m,mode=1777"},
+        # tini as PID 1: signals work and zombies are reaped.
+        "init": True,
+        "network_mode": network,
+    }
+
+
+class Builder:
+    def __init__(self, client: docker.DockerClient, runtimes_dir: Path, limits: ContainerLimits, timeout: int, network: str = "none"):
+        self.client = client
+        self.runtimes_dir = Path(runtimes_dir).resolve()
+        self.limits = limits
+        self.timeout = timeout
+        self.network = network
+
+    def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str]) -> BuildResult:
+        """Unpack `source` (.tar.gz) into `output_dir` and install its dependencies.
+
+        `output_dir` is replaced; on failure it is removed. Blocking.
+        """
+        started = time.monotonic()
+        output_dir = Path(output_dir).resolve()
+        stdout = stderr = ""
+        failure = _entrypoint_problem(entrypoint)
+        if failure is None:
+            try:
+                stdout, stderr, failure = self._run(runtime, image, Path(source).resolve(), output_dir, env)
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.exception("build container failed", extra={"runtime": runtime.id, "image": image})
+                failure = f"build could not run: {_docker_error(exc, image)}"
+        failure = failure or _missing_entrypoint(output_dir, entrypoint)
+        if failure is not None:
+            stderr = _append_line(stderr, failure)
+            shutil.rmtree(output_dir, ignore_errors=True)
+        result = BuildResult(failure is None, _tail(stdout), _tail(stderr), time.monotonic() - started)
+        log.info(
+            "build finished" if result.ok else "build failed",
+            extra={"runtime": runtime.id, "image": image, "duration": round(result.duration, 3), "reason": failure},
+        )
+        return result
+
+    def _run(self, runtime: Runtime, image: str, source: Path, output_dir: Path, env: dict[str, str]) -> tuple[str, str, str | None]:
+        """Runs build.sh; returns stdout, stderr and the reason of a failure (None on success).
+
+        The timeout counts from the container's start.
+        """
+        scripts = self.runtimes_dir / runtime.language
+        if not (scripts / "build.sh").is_file():
+            return "", "", f"no build script for language {runtime.language!r} ({scripts}/build.sh)"
+        _prepare_output(output_dir)
+        hardened = hardened_kwargs(self.network, tmp_mb=self.limits.memory_mb)
+        environment = {
+            **env,
+            # Offline builds should fail fast instead of retrying the package index.
+            **({"FUNCTIONS_BUILD_OFFLINE": "1"} if self.network == "none" else {}),
+            **SANDBOX_ENV,
+            "FUNCTIONS_SOURCE": SOURCE_MOUNT,
+            "FUNCTIONS_CODE": CODE_MOUNT,
+        }
+        with _readable_copy(source) as readable_source:
+            container = self.client.containers.create(
+                image,
+                command=["sh", f"{RUNTIME_MOUNT}/build.sh"],
+                working_dir=CODE_MOUNT,
+                environment=environment,
+                labels={ROLE_LABEL: "build", RUNTIME_LABEL: runtime.id},
+                volumes={
+                    str(readable_source): {"bind": SOURCE_MOUNT, "mode": "ro"},
+                    str(output_dir): {"bind": CODE_MOUNT, "mode": "rw"},
+                    str(scripts): {"bind": RUNTIME_MOUNT, "mode": "ro"},
+                },
+                # Bounded on disk; only the tail is kept anyway.
+                log_config=LogConfig(type=LogConfig.types.JSON, config={"max-size": "1m", "max-file": "2"}),
+                **hardened,
+                **self.limits.docker_kwargs(),
+            )
+            try:
+                return self._start_and_wait(container)
+            finally:
+                container.remove(force=True)
+
+    def _start_and_wait(self, container) -> tuple[str, str, str | None]:
+        container.start()
+        try:
+            exit_code = container.wait(timeout=self.timeout)["StatusCode"]
+            timed_out = False
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            timed_out = True
+            with contextlib.suppress(docker.errors.APIError):  # it may have exited meanwhile
+                container.kill()
+            container.wait(timeout=30)
+        stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+        stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        container.reload()
+        if timed_out:
+            return stdout, stderr, f"build timed out after {self.timeout} s"
+        if container.attrs["State"].get("OOMKilled"):
+            return stdout, stderr, f"build ran out of memory (limit {self.limits.memory_mb} MB) and was killed"
+        if exit_code != 0:
+            return stdout, stderr, f"build failed with exit code {exit_code}"
+        return stdout, stderr, None
+
+
+def _prepare_output(output_dir: Path) -> None:
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, mode=0o755)
+    if os.geteuid() == 0:
+        os.chown(output_dir, *sandbox_ids())
+
+
+@contextlib.contextmanager
+def _readable_copy(source: Path) -> Iterator[Path]:
+    """`source`, or a world-readable copy of it when the sandbox user could not read it."""
+    st = source.stat()
+    if st.st_mode & stat.S_IROTH or (st.st_uid == sandbox_ids()[0] and st.st_mode & stat.S_IRUSR):
+        yield source
+        return
+    staging = Path(tempfile.mkdtemp(prefix="build-source-"))
+    try:
+        copy = staging / "source.tar.gz"
+        shutil.copyfile(source, copy)
+        copy.chmod(0o644)
+        yield copy
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _entrypoint_problem(entrypoint: str) -> str | None:
+    path = PurePosixPath(entrypoint)
+    if not entrypoint or path.is_absolute() or ".." in path.parts or path == PurePosixPath("."):
+        return f"entrypoint {entrypoint!r} must be a relative path to a file in the code"
+    return None
+
+
+def _missing_entrypoint(output_dir: Path, entrypoint: str) -> str | None:
+    target = (output_dir / entrypoint).resolve()
+    if not target.is_relative_to(output_dir) or not target.is_file():
+        return f"entrypoint {entrypoint!r} was not found in the code"
+    return None
+
+
+def _docker_error(exc: Exception, image: str) -> str:
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return f"image {image} is not available"
+    return str(exc)
+
+
+def _append_line(text: str, line: str) -> str:
+    separator = "\n" if text and not text.endswith("\n") else ""
+    return f"{text}{separator}{line}\n"
+
+
+def _tail(text: str) -> str:
+    return text[-OUTPUT_TAIL_CHARS:]

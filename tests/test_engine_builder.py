@@ -1,0 +1,223 @@
+"""Builds in real, offline build containers (network "none")."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from server.engine import Builder, ContainerLimits
+from server.engine.builder import CODE_MOUNT, OUTPUT_TAIL_CHARS
+
+# Session fixtures shared with the image tests (the images are built once).
+from test_engine_images import RUNTIMES_DIR, built_images, catalog, docker_client, runtime_images  # noqa: F401
+
+
+def make_archive(path: Path, files: dict[str, str | bytes], prefix: str = "") -> Path:
+    """A deployment .tar.gz; `prefix="./"` gives members as `tar -C dir -czf x .` writes them."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            data = content.encode() if isinstance(content, str) else content
+            info = tarfile.TarInfo(prefix + name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def make_wheel(name: str, version: str, module_source: str) -> tuple[str, bytes]:
+    """A minimal pure-Python wheel (METADATA, WHEEL, RECORD with hashes), crafted by hand."""
+    dist_info = f"{name}-{version}.dist-info"
+    members = {
+        f"{name}/__init__.py": module_source.encode(),
+        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+
+    def record_line(member: str, data: bytes) -> str:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        return f"{member},sha256={digest},{len(data)}"
+
+    record = "\n".join([record_line(m, d) for m, d in members.items()] + [f"{dist_info}/RECORD,,"]) + "\n"
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as whl:
+        for member, data in {**members, f"{dist_info}/RECORD": record.encode()}.items():
+            whl.writestr(member, data)
+    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def builder(docker_client) -> Builder:  # noqa: F811
+    return Builder(docker_client, RUNTIMES_DIR, ContainerLimits(), timeout=120)
+
+
+@pytest.fixture
+def build(builder, catalog, built_images, tmp_path):  # noqa: F811
+    """build(runtime_id, files, entrypoint) → (BuildResult, output dir)."""
+    counter = iter(range(1000))
+
+    def run(runtime_id: str, files: dict, entrypoint: str, *, using: Builder | None = None, env: dict | None = None, prefix: str = ""):
+        n = next(counter)
+        source = make_archive(tmp_path / f"code-{n}.tar.gz", files, prefix)
+        output = tmp_path / f"build-{n}"
+        result = (using or builder).build(catalog[runtime_id], built_images[runtime_id], source, entrypoint, output, env or {})
+        return result, output
+
+    return run
+
+
+def node_package(**fields) -> str:
+    return json.dumps({"name": "fn", "version": "1.0.0", **fields})
+
+
+def test_python_requirements_install_a_local_wheel_offline(build, docker_client, built_images, tmp_path):  # noqa: F811
+    wheel_name, wheel = make_wheel("hello_dep", "1.0", "VALUE = 'from the wheel'\n")
+    files = {
+        "main.py": "import hello_dep\n",
+        "requirements.txt": f"./wheels/{wheel_name}\n",
+        f"wheels/{wheel_name}": wheel,
+    }
+    result, output = build("python-3.11", files, "main.py", prefix="./")
+    assert result.ok, result.stderr
+    assert (output / "main.py").is_file()
+    assert (output / ".deps" / "hello_dep" / "__init__.py").is_file()
+    assert "Successfully installed hello-dep-1.0" in result.stdout
+
+    # The output is runnable as is: the runtime puts .deps on sys.path.
+    printed = docker_client.containers.run(
+        built_images["python-3.11"], ["python3", "-c", "import sys; sys.path.insert(0, '.deps'); import hello_dep; print(hello_dep.VALUE)"],
+        working_dir=CODE_MOUNT, volumes={str(output): {"bind": CODE_MOUNT, "mode": "ro"}},
+        user="10001:10001", network_mode="none", read_only=True, remove=True,
+    )
+    assert printed.decode().strip() == "from the wheel"
+
+
+def test_python_without_requirements_just_unpacks(build):
+    result, output = build("python-3.11", {"src/main.py": "print(1)\n"}, "src/main.py")
+    assert result.ok, result.stderr
+    assert (output / "src" / "main.py").read_text() == "print(1)\n"
+    assert not (output / ".deps").exists()
+
+
+def test_unknown_requirement_fails_offline_with_pips_error(build):
+    files = {"main.py": "", "requirements.txt": "surely-no-such-package-xyz==1.0\n"}
+    result, output = build("python-3.11", files, "main.py")
+    assert not result.ok
+    assert "No matching distribution found for surely-no-such-package-xyz" in result.stderr
+    assert result.stderr.rstrip().endswith("build failed with exit code 1")
+    assert result.duration < 30, "offline builds must not retry the index for long"
+    assert not output.exists()
+
+
+def test_node_package_without_dependencies_builds(build):
+    files = {"index.js": "module.exports = () => 1;\n", "package.json": node_package()}
+    result, output = build("node-18.0", files, "index.js")
+    assert result.ok, result.stderr
+    assert (output / "index.js").is_file()
+
+
+def test_node_local_dependency_lands_in_node_modules(build):
+    files = {
+        "index.js": "module.exports = require('leftpad');\n",
+        "package.json": node_package(dependencies={"leftpad": "file:./vendor/leftpad"}),
+        "vendor/leftpad/package.json": json.dumps({"name": "leftpad", "version": "1.0.0", "main": "index.js"}),
+        "vendor/leftpad/index.js": "module.exports = (s, n) => s.padStart(n);\n",
+    }
+    result, output = build("node-18.0", files, "index.js")
+    assert result.ok, result.stderr
+    assert (output / "node_modules" / "leftpad" / "package.json").is_file()
+
+
+def test_build_runs_hardened_with_separate_streams_and_the_given_env(build):
+    # npm echoes the script itself to stdout, so the stderr marker is assembled by printf.
+    script = (
+        'echo "uid=$(id -u) greeting=$GREETING OUT-MARK"; printf "ERR-%s\\n" MARK >&2; '
+        'touch /etc/probe 2>/dev/null || echo "root fs is read-only"; '
+        'grep -E "^(CapEff|NoNewPrivs)" /proc/self/status'
+    )
+    files = {"index.js": "", "package.json": node_package(scripts={"install": script})}
+    result, _ = build("node-18.0", files, "index.js", env={"GREETING": "hello"})
+    assert result.ok, result.stderr
+    assert "uid=10001 greeting=hello OUT-MARK" in result.stdout
+    assert "root fs is read-only" in result.stdout
+    assert "CapEff:\t0000000000000000" in result.stdout
+    assert "NoNewPrivs:\t1" in result.stdout
+    assert "ERR-MARK" in result.stderr and "ERR-MARK" not in result.stdout
+
+
+def test_build_exceeding_its_timeout_is_killed(build, docker_client):  # noqa: F811
+    quick = Builder(docker_client, RUNTIMES_DIR, ContainerLimits(), timeout=3)
+    files = {"index.js": "", "package.json": node_package(scripts={"install": "sleep 60"})}
+    result, output = build("node-18.0", files, "index.js", using=quick)
+    assert not result.ok
+    assert "build timed out after 3 s" in result.stderr
+    assert result.duration < 15
+    assert not output.exists()
+
+
+def test_build_out_of_memory_is_reported(build, docker_client):  # noqa: F811
+    small = Builder(docker_client, RUNTIMES_DIR, ContainerLimits(memory_mb=96), timeout=60)
+    hog = "node -e \"const a = []; for (;;) a.push(Buffer.alloc(1 << 24, 1))\""
+    files = {"index.js": "", "package.json": node_package(scripts={"install": hog})}
+    result, output = build("node-18.0", files, "index.js", using=small)
+    assert not result.ok
+    assert "ran out of memory (limit 96 MB)" in result.stderr
+    assert not output.exists()
+
+
+def test_missing_entrypoint_fails(build):
+    result, output = build("python-3.11", {"main.py": ""}, "app/handler.py")
+    assert not result.ok
+    assert "entrypoint 'app/handler.py' was not found" in result.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("entrypoint", ["../main.py", "/main.py", ""])
+def test_entrypoint_outside_the_code_is_rejected(build, entrypoint):
+    result, _ = build("python-3.11", {"main.py": ""}, entrypoint)
+    assert not result.ok
+    assert "must be a relative path" in result.stderr
+
+
+def test_output_keeps_only_the_tail(build):
+    script = "yes 0123456789 | head -c 100000; echo END-OF-OUTPUT"
+    files = {"index.js": "", "package.json": node_package(scripts={"install": script})}
+    result, _ = build("node-18.0", files, "index.js")
+    assert result.ok, result.stderr
+    assert len(result.stdout) == OUTPUT_TAIL_CHARS
+    assert "END-OF-OUTPUT" in result.stdout
+
+
+def test_unreadable_source_archive_still_builds(builder, catalog, built_images, tmp_path):  # noqa: F811
+    source = make_archive(tmp_path / "private.tar.gz", {"main.py": ""})
+    source.chmod(0o600)  # the sandbox user could not read it through the mount
+    result = builder.build(catalog["python-3.11"], built_images["python-3.11"], source, "main.py", tmp_path / "out", {})
+    assert result.ok, result.stderr
+
+
+def test_two_builds_in_parallel_both_succeed(build):
+    wheel_name, wheel = make_wheel("par_dep", "2.0", "X = 2\n")
+    python_files = {"main.py": "", "requirements.txt": f"./{wheel_name}\n", wheel_name: wheel}
+    node_files = {"index.js": "", "package.json": node_package()}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [
+            pool.submit(build, "python-3.11", python_files, "main.py"),
+            pool.submit(build, "python-3.11", python_files, "main.py"),
+            pool.submit(build, "node-18.0", node_files, "index.js"),
+        ]
+        results = [f.result(timeout=180) for f in futures]
+    for result, output in results:
+        assert result.ok, result.stderr
+    assert (results[0][1] / ".deps" / "par_dep").is_dir() and (results[1][1] / ".deps" / "par_dep").is_dir()
+
+
+def test_build_containers_are_removed(build, docker_client):  # noqa: F811
+    build("python-3.11", {"main.py": ""}, "missing.py")
+    assert docker_client.containers.list(all=True, filters={"label": "functions.role=build"}) == []
