@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,25 +65,31 @@ class Deployments:
         return DeploymentTarget("bench", code.name, runtime, self.images.ensure(runtime), code, entry)
 
 
+def make_pool(images, **options) -> ContainerPool:
+    return ContainerPool(docker.from_env(), REPO / "runtimes", Path(tempfile.mkdtemp(prefix="pool-")), images.ensure, LIMITS, **options)
+
+
+async def stop(pool: ContainerPool) -> None:
+    await pool.stop()
+    shutil.rmtree(pool._work_dir, ignore_errors=True)
+
+
 async def warm_and_first(runtime, images, deployments, args) -> None:
-    pool = ContainerPool(docker.from_env(), REPO / "runtimes", Path(tempfile.mkdtemp(prefix="pool-")), images.ensure,
-                         LIMITS, runtimes=[runtime], prewarm=1)
+    pool = make_pool(images, runtimes=[runtime], prewarm=1)
     await pool.start()
     try:
         target = deployments.new(runtime)
         await pool.invoke(target, "x", {}, {}, 10)
         for _ in range(50):  # warm-up
             await pool.invoke(target, "x", {}, {}, 10)
-        through_pool = []
-        for _ in range(args.warm):
+        (container,) = [c for c in pool.containers() if c["deployment"] == target.key]
+        direct = await RuntimeConnection.open(str(pool._work_dir / container["name"] / "sock" / SOCKET_NAME))
+        through_pool, raw = [], []
+        for _ in range(args.warm):  # interleaved, so both see the same machine noise
             started = time.perf_counter()
             result = await pool.invoke(target, "x", {"K": "v"}, {"h": "1"}, 10)
             through_pool.append(time.perf_counter() - started)
             assert result.status_code == 200, result
-        (container,) = [c for c in pool.containers() if c["deployment"] == target.key]
-        direct = await RuntimeConnection.open(str(pool._work_dir / container["name"] / "sock" / SOCKET_NAME))
-        raw = []
-        for _ in range(args.warm):
             started = time.perf_counter()
             await direct.execute("x", {"K": "v"}, {"h": "1"}, 10)
             raw.append(time.perf_counter() - started)
@@ -119,12 +126,11 @@ async def warm_and_first(runtime, images, deployments, args) -> None:
         containers = pool.stats()["deployments"].get("/".join(target.key))
         print(f"  8 concurrent callers      {calls / elapsed:7.0f} invocations/s on {containers} containers")
     finally:
-        await pool.stop()
+        await stop(pool)
 
 
 async def cold_first(runtime, images, deployments, args) -> None:
-    pool = ContainerPool(docker.from_env(), REPO / "runtimes", Path(tempfile.mkdtemp(prefix="pool-")), images.ensure,
-                         LIMITS, runtimes=[], prewarm=0)
+    pool = make_pool(images, runtimes=[], prewarm=0)
     await pool.start()
     try:
         colds = []
@@ -137,7 +143,7 @@ async def cold_first(runtime, images, deployments, args) -> None:
             await pool.forget(target.project, target.deployment_id)
         print(f"  first invoke, cold start  {ms(colds)}")
     finally:
-        await pool.stop()
+        await stop(pool)
 
 
 def docker_run(runtime, image: str, args) -> None:
@@ -167,13 +173,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     images = RuntimeImages(docker.from_env(), REPO / "runtimes")
     deployments = Deployments(images)
-    for runtime in load_catalog(Settings().runtime_catalog):
-        if args.runtime and runtime.id not in args.runtime:
-            continue
-        print(f"{runtime.id} ({runtime.image})")
-        asyncio.run(warm_and_first(runtime, images, deployments, args))
-        asyncio.run(cold_first(runtime, images, deployments, args))
-        docker_run(runtime, images.ensure(runtime), args)
+    try:
+        for runtime in load_catalog(Settings().runtime_catalog):
+            if args.runtime and runtime.id not in args.runtime:
+                continue
+            print(f"{runtime.id} ({runtime.image})")
+            asyncio.run(warm_and_first(runtime, images, deployments, args))
+            asyncio.run(cold_first(runtime, images, deployments, args))
+            docker_run(runtime, images.ensure(runtime), args)
+    finally:
+        shutil.rmtree(deployments.root, ignore_errors=True)
 
 
 if __name__ == "__main__":

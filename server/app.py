@@ -25,12 +25,15 @@ from functions.v1 import function_pb2, function_pb2_grpc, runtime_pb2, runtime_p
 
 from server.api.deployments import DeploymentServicer
 from server.api.endpoint import Blocking
+from server.api.executions import ExecutionServicer
 from server.api.functions import FunctionServicer
 from server.api.runtimes import RuntimeServicer
-from server.api.unimplemented import unimplemented_servicer
 from server.domain import auth
 from server.domain.builds import BuildQueue
 from server.domain.deployments import DeploymentRules
+from server.domain.executions import ExecutionRules
+from server.domain.ratelimit import RateLimiter
+from server.domain.runner import ExecutionRunner
 from server.domain.functions import FunctionRules
 from server.domain.packages import PackageStore
 from server.domain.runtimes import RuntimeCatalog, load_catalog
@@ -61,16 +64,16 @@ class Components:
     functions: FunctionRules
     deployments: DeploymentRules
     builds: BuildQueue
+    executions: ExecutionRules
 
 
 def build_components(settings: Settings) -> Components:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     open_database(settings.database_url, settings.sqlite_path)
-    engine = Engine.connect(settings)
-    catalog = RuntimeCatalog(
-        load_catalog(settings.runtime_catalog, settings.image_overrides), allowed=settings.runtimes,
-        is_available=engine.image_available,
-    )
+    runtimes = load_catalog(settings.runtime_catalog, settings.image_overrides)
+    configured = RuntimeCatalog(runtimes, allowed=settings.runtimes).configured()
+    engine = Engine.connect(settings, configured)
+    catalog = RuntimeCatalog(runtimes, allowed=settings.runtimes, is_available=engine.image_available)
     packages = PackageStore(settings.data_dir.resolve())
     functions = FunctionRules(catalog=catalog, max_timeout=settings.max_timeout, vars_max_bytes=settings.vars_max_bytes)
     builds = BuildQueue(catalog=catalog, packages=packages, offline=engine.offline_builder, online=engine.online_builder,
@@ -80,9 +83,28 @@ def build_components(settings: Settings) -> Components:
         uncompressed_limit=settings.code_uncompressed_limit, enqueue_build=builds.enqueue,
     )
     functions.on_delete.append(lambda fn, deps: [packages.remove(d.project, d.uid, d.build) for d in deps])
+    executions = ExecutionRules(functions=functions, catalog=catalog,
+                                limiter=RateLimiter(settings.execution_rate_limit), max_waiting=settings.max_waiting)
     ensure_bootstrap_key(settings)
     return Components(settings=settings, engine=engine, catalog=catalog, functions=functions,
-                      deployments=deployments, builds=builds)
+                      deployments=deployments, builds=builds, executions=executions)
+
+
+def connect_engine_hooks(components: Components, loop: asyncio.AbstractEventLoop) -> None:
+    """Containers follow deployments: removed with them, warmed on activation."""
+    engine, executions = components.engine, components.executions
+    components.deployments.on_delete.append(lambda dep: engine.forget(dep.project, dep.uid, loop))
+    components.functions.on_delete.append(lambda fn, deps: [engine.forget(d.project, d.uid, loop) for d in deps])
+
+    def warm_active(fn) -> None:
+        try:
+            run = executions.runnable_for_active(fn)
+        except Exception:  # nothing to warm (no ready build): not an error
+            return
+        engine.warm(run, loop)
+
+    components.deployments.on_activate.append(warm_active)
+    components.builds.on_ready.append(lambda build, dep, fn: warm_active(fn) if fn.deployment == dep.uid else None)
 
 
 def jwt_secret(settings: Settings) -> str:
@@ -114,7 +136,7 @@ def ensure_bootstrap_key(settings: Settings) -> None:
     log.info("bootstrap API key written", extra={"path": str(path.resolve()), "project": BOOTSTRAP_PROJECT})
 
 
-def create_server(components: Components, blocking: Blocking) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def create_server(components: Components, blocking: Blocking, runner: ExecutionRunner) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     settings = components.settings
     server = grpc.aio.server(
         options=[
@@ -129,7 +151,7 @@ def create_server(components: Components, blocking: Blocking) -> tuple[grpc.aio.
     runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(components.catalog, **base), server)
     deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(components.deployments, **base), server)
     execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
-        unimplemented_servicer(execution_pb2_grpc.ExecutionServiceServicer, "ExecutionService", settings.error_version), server
+        ExecutionServicer(components.executions, runner, **base), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -149,15 +171,20 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     """Run the gRPC server until `stop` is set or SIGTERM/SIGINT arrives."""
     blocking = Blocking(settings.blocking_threads)
     components = await blocking(build_components, settings)
-    server, health_servicer = create_server(components, blocking)
+    loop = asyncio.get_running_loop()
+    connect_engine_hooks(components, loop)
+    runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, settings.async_workers)
+    server, health_servicer = create_server(components, blocking, runner)
     components.builds.start()
     components.engine.prepare_images_in_background(components.catalog)
+    if components.engine.pool is not None:
+        await components.engine.pool.start(wait=False)
+    await runner.start()
     await server.start()
     for name in [""] + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("gRPC server listening", extra={"address": settings.grpc_address})
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
@@ -169,6 +196,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
+    await runner.stop()
+    if components.engine.pool is not None:
+        await components.engine.pool.stop()
     await blocking(components.builds.stop)
     blocking.shutdown()
     close_database()

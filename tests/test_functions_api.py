@@ -274,17 +274,3 @@ def test_unknown_path_is_404_in_appwrite_format(service):
     r = requests.get(f"{service.url}/nothing/here", headers=service.headers())
     assert r.status_code == 404
     assert error_of(r)["type"] == "general_route_not_found"
-
-
-@pytest.mark.parametrize(
-    "method, path",
-    [
-        ("get", "/functions/{fid}/executions"),
-        ("post", "/functions/{fid}/executions"),
-        ("get", "/functions/{fid}/executions/e1"),
-    ],
-)
-def test_unbuilt_endpoints_answer_501(api, method, path):
-    r = getattr(api, method)(api.base + path.format(fid="x"), json={})
-    assert r.status_code == 501
-    assert error_of(r)["type"] == "general_not_implemented"

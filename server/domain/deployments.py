@@ -13,7 +13,7 @@ import hashlib
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -66,7 +66,8 @@ class DeploymentRules:
     code_size_limit: int
     uncompressed_limit: int
     enqueue_build: Callable[[Build], None]
-    on_delete: list[Callable[[Deployment], None]] | None = None
+    on_delete: list[Callable[[Deployment], None]] = field(default_factory=list)
+    on_activate: list[Callable[[Function], None]] = field(default_factory=list)
 
     def __post_init__(self):
         self._locks = _KeyedLocks()
@@ -231,6 +232,8 @@ class DeploymentRules:
             raise build_not_ready()
         fn.deployment = dep.uid
         fn.save()
+        for hook in self.on_activate:
+            hook(fn)
         return fn
 
     def delete(self, project: str, function_id: str, deployment_id: str) -> None:
@@ -245,7 +248,7 @@ class DeploymentRules:
             counts.adjust(SEARCH_KIND, project, function_id, -1)
             dep.delete_instance()
         self.packages.remove(project, dep.uid, dep.build)
-        for hook in self.on_delete or ():
+        for hook in self.on_delete:
             hook(dep)
 
     def retry_build(self, project: str, function_id: str, deployment_id: str, build_id: str) -> None:

@@ -156,11 +156,18 @@ class ExecutionRules:
     def runnable_for(self, ex: Execution) -> Runnable:
         """The run of a waiting execution: the deployment it was created for."""
         fn = self.functions.get(ex.project, ex.function)
+        return self._runnable(fn, ex.deployment, "The deployment of this execution is gone or not ready.")
+
+    def runnable_for_active(self, fn: Function) -> Runnable:
+        """The run of the function's active deployment (for warming it)."""
+        return self._runnable(fn, fn.deployment, "No ready active deployment.")
+
+    def _runnable(self, fn: Function, deployment_id: str, problem: str) -> Runnable:
         runtime = self.catalog.get(fn.runtime)
-        dep = Deployment.get_or_none((Deployment.project == ex.project) & (Deployment.uid == ex.deployment))
-        build = dep and Build.get_or_none((Build.project == ex.project) & (Build.uid == dep.build))
+        dep = Deployment.get_or_none((Deployment.project == fn.project) & (Deployment.uid == deployment_id))
+        build = dep and Build.get_or_none((Build.project == fn.project) & (Build.uid == dep.build))
         if runtime is None or dep is None or build is None or build.status != "ready":
-            raise deployment_not_found("The deployment of this execution is gone or not ready.")
+            raise deployment_not_found(problem)
         return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
 
     # ---- reading -----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -9,9 +10,12 @@ from dataclasses import dataclass
 import docker
 import requests
 
+from server.domain.errors import ApiError
+from server.domain.executions import Outcome, Runnable
 from server.domain.runtimes import Runtime, RuntimeCatalog
 from server.engine.builder import Builder, ContainerLimits
 from server.engine.images import RuntimeImages
+from server.engine.pool import ContainerPool, DeploymentTarget, PoolBusy, PoolClosed
 from server.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -29,26 +33,41 @@ class Engine:
     images: RuntimeImages | None
     offline_builder: Builder | None
     online_builder: Builder | None
+    pool: ContainerPool | None
 
     @classmethod
-    def connect(cls, settings: Settings) -> "Engine":
+    def connect(cls, settings: Settings, runtimes: list[Runtime]) -> "Engine":
         """Connect to the Docker engine; without one the service still manages
-        functions, but no runtime is available."""
+        functions, but no runtime is available. `runtimes` get pre-started containers."""
         try:
             client = docker.from_env(timeout=120)
             client.ping()
         except (docker.errors.DockerException, requests.RequestException) as error:
             log.error("Docker engine unreachable: no runtime is available", extra={"error": str(error)})
-            return cls(client=None, images=None, offline_builder=None, online_builder=None)
-        limits = ContainerLimits(memory_mb=settings.build_memory_mb, cpus=settings.build_cpus, pids=settings.build_pids)
+            return cls(client=None, images=None, offline_builder=None, online_builder=None, pool=None)
+        build_limits = ContainerLimits(memory_mb=settings.build_memory_mb, cpus=settings.build_cpus, pids=settings.build_pids)
         work_dir = settings.data_dir.resolve() / "tmp"
         work_dir.mkdir(parents=True, exist_ok=True)
-        return cls(
+        engine = cls(
             client=client,
             images=RuntimeImages(client, RUNTIMES_DIR, work_dir=work_dir),
-            offline_builder=Builder(client, RUNTIMES_DIR, limits, settings.build_timeout, network="none"),
-            online_builder=Builder(client, RUNTIMES_DIR, limits, settings.build_timeout, network=settings.build_network),
+            offline_builder=Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout, network="none"),
+            online_builder=Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout, network=settings.build_network),
+            pool=None,
         )
+        # Container directories hold UNIX sockets: keep the path short.
+        containers_dir = settings.data_dir.resolve() / "c"
+        containers_dir.mkdir(parents=True, exist_ok=True)
+        engine.pool = ContainerPool(
+            client, RUNTIMES_DIR, containers_dir, engine.image_id,
+            ContainerLimits(memory_mb=settings.memory_mb, cpus=settings.cpus, pids=settings.pids),
+            prewarm=settings.prewarm, max_per_deployment=settings.max_containers_per_function,
+            max_containers=settings.max_containers, keep_alive=settings.keep_alive, tmp_mb=settings.tmp_mb,
+            runtimes=runtimes, network=settings.execution_network,
+        )
+        return engine
+
+    # ---- images -------------------------------------------------------------
 
     def image_available(self, runtime: Runtime) -> bool:
         return self.images is not None and self.images.available(runtime)
@@ -57,6 +76,56 @@ class Engine:
         if self.images is None:
             raise DockerUnavailable("the Docker engine is unreachable")
         return self.images.ensure(runtime, progress=lambda line: log.info(line, extra={"runtime": runtime.id}))
+
+    def image_id(self, runtime: Runtime) -> str:
+        """The runtime's image ID, remembered: the warm path makes no Docker call."""
+        cached = self._image_ids.get(runtime.id)
+        if cached is None:
+            cached = self._image_ids[runtime.id] = self.ensure_image(runtime)
+        return cached
+
+    def __post_init__(self):
+        self._image_ids: dict[str, str] = {}
+        self._targets: dict[str, DeploymentTarget] = {}
+
+    # ---- executions -----------------------------------------------------------
+
+    def target(self, run: Runnable) -> DeploymentTarget:
+        """Blocking (the first call per runtime may build or inspect its image)."""
+        return DeploymentTarget(
+            project=run.function.project, deployment_id=run.deployment.uid, runtime=run.runtime,
+            image=self.image_id(run.runtime), code_dir=run.code_dir, entrypoint=run.deployment.entrypoint,
+        )
+
+    async def invoke(self, run: Runnable, payload: str, env: dict, timeout: float) -> Outcome:
+        if self.pool is None:
+            raise ApiError(503, "general_server_error", "The Docker engine is unreachable: functions cannot run.")
+        target = self._targets.get(run.deployment.uid)
+        if target is None or target.code_dir != run.code_dir:
+            loop = asyncio.get_running_loop()
+            target = await loop.run_in_executor(None, self.target, run)
+            self._targets[run.deployment.uid] = target
+        try:
+            result = await self.pool.invoke(target, payload, env, {}, timeout)
+        except PoolBusy:
+            raise ApiError(429, "general_rate_limit_exceeded", "Too many executions of this function at once; retry later.") from None
+        except PoolClosed:
+            raise ApiError(503, "general_server_error", "The service is shutting down.") from None
+        return Outcome(status_code=result.status_code, body=result.body, logs=result.logs, errors=result.errors,
+                       error=result.error, duration=result.duration)
+
+    def forget(self, project: str, deployment_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Remove a deleted deployment's containers (callable from any thread)."""
+        self._targets.pop(deployment_id, None)
+        if self.pool is not None:
+            asyncio.run_coroutine_threadsafe(self.pool.forget(project, deployment_id), loop)
+
+    def warm(self, run: Runnable, loop: asyncio.AbstractEventLoop) -> None:
+        """Give an activated deployment a container ahead of its first execution (any thread)."""
+        if self.pool is not None:
+            target = self.target(run)
+            self._targets[run.deployment.uid] = target
+            asyncio.run_coroutine_threadsafe(self.pool.warm(target), loop)
 
     def prepare_images_in_background(self, catalog: RuntimeCatalog) -> threading.Thread | None:
         """Build or pull missing runtime images; runtimes are listed as they become available."""
