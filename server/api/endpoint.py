@@ -73,7 +73,9 @@ class ServicerBase:
         self.authenticator = authenticator
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
-        return await self.blocking(self.authenticator, metadata_of(context))
+        metadata = metadata_of(context)
+        caller = self.authenticator.cached(metadata)  # no thread hop when nothing needs the DB
+        return caller if caller is not None else await self.blocking(self.authenticator, metadata)
 
     async def fail(self, context: grpc.aio.ServicerContext, error: BaseException, rpc: str) -> None:
         if not isinstance(error, ApiError):

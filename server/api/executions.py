@@ -28,7 +28,9 @@ class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceService
         run_async = getattr(request, "async") if request.HasField("async") else True
         try:
             caller = await self.authenticate(context)
-            run = await self.blocking(self.rules.runnable, caller, request.function_id, request.data)
+            run = self.rules.runnable(caller, request.function_id, request.data, cached_only=True)
+            if run is None:
+                run = await self.blocking(self.rules.runnable, caller, request.function_id, request.data)
             if run_async:
                 execution = await self.runner.submit(run, caller, request.data)
             else:

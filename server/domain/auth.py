@@ -79,6 +79,10 @@ class _Recent:
         self._entries[key] = (now + self.ttl, value)
         return value
 
+    def has(self, key) -> bool:
+        hit = self._entries.get(key)
+        return hit is not None and hit[0] > time.monotonic()
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -118,6 +122,16 @@ class Authenticator:
     """
 
     jwt_secret: str
+
+    def cached(self, metadata: Mapping[str, str]) -> Caller | None:
+        """The caller when every lookup is cached (no I/O), else None."""
+        project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT
+        if not _recent.has(("project", project_id)):
+            return None
+        secret = metadata.get("x-appwrite-key", "")
+        if secret and not _recent.has(("key", hash_secret(secret))):
+            return None
+        return self(metadata)
 
     def __call__(self, metadata: Mapping[str, str]) -> Caller:
         project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT

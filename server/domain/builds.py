@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from server.domain import changes
 from server.domain.packages import PackageStore, normalize_member
 from server.domain.runtimes import Runtime, RuntimeCatalog
 from server.store.db import database
@@ -144,6 +145,7 @@ class BuildQueue:
             if ok and dep is not None and fn is not None and dep.activate:
                 fn.deployment = dep.uid
                 fn.save()
+        changes.bump()
         log.info("build finished", extra={"build": build.uid, "status": build.status})
         if ok and dep is not None and fn is not None:
             for hook in self.on_ready:

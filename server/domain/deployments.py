@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from server.domain import validation as v
+from server.domain import changes, validation as v
 from server.domain.errors import (
     ApiError,
     build_not_found,
@@ -232,6 +232,7 @@ class DeploymentRules:
             raise build_not_ready()
         fn.deployment = dep.uid
         fn.save()
+        changes.bump()
         for hook in self.on_activate:
             hook(fn)
         return fn
@@ -248,6 +249,7 @@ class DeploymentRules:
             counts.adjust(SEARCH_KIND, project, function_id, -1)
             dep.delete_instance()
         self.packages.remove(project, dep.uid, dep.build)
+        changes.bump()
         for hook in self.on_delete:
             hook(dep)
 
@@ -263,6 +265,7 @@ class DeploymentRules:
             ).execute()
         if not updated:
             raise ApiError(400, "build_in_progress", "Build not failed")
+        changes.bump()
         self.enqueue_build(Build.get_by_id(build.seq))
 
 

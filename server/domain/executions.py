@@ -6,18 +6,21 @@ pool); this module holds the rules and the store work around it.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.domain import validation as v
+from server.domain import changes, validation as v
 from server.domain.auth import Caller, Scope
 from server.domain.errors import ApiError, build_not_found, build_not_ready, deployment_not_found, execution_not_found
 from server.domain.functions import FunctionRules
 from server.domain.listing import page_request
 from server.domain.ratelimit import RateLimiter
 from server.domain.runtimes import Runtime, RuntimeCatalog
-from server.store import counts, search
+import peewee as pw
+
+from server.store import counts, search, statements
 from server.store.db import database
 from server.store.models import Build, Deployment, Execution, Function
 from server.store.paging import Page, find_page
@@ -67,15 +70,44 @@ class ExecutionRules:
     limiter: RateLimiter
     max_waiting: int
 
+    def __post_init__(self):
+        # (project, function) -> (changes generation, Runnable): the warm path
+        # of an execution reads nothing from the database.
+        self._plans: dict[tuple[str, str], tuple[int, Runnable]] = {}
+
     # ---- creating -------------------------------------------------------
 
-    def runnable(self, caller: Caller, function_id: str, data: str) -> Runnable:
-        """All checks before a run, in Appwrite's order (blocking)."""
+    def runnable(self, caller: Caller, function_id: str, data: str, cached_only: bool = False) -> Runnable | None:
+        """All checks before a run, in Appwrite's order. Blocking, unless
+        `cached_only`: then it answers from the plan cache or returns None."""
         if caller.is_key:
             caller.require(Scope.EXECUTION_WRITE)
-        fn = self.functions.get(caller.project, function_id)
+        key = (caller.project, function_id)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] == changes.current():
+            run = cached[1]
+        elif cached_only:
+            return None
+        else:
+            generation = changes.current()  # read first: a change during the load makes the entry stale
+            run = self._load_plan(caller.project, function_id)
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            self._plans[key] = (generation, run)
+        if run.runtime not in self.catalog.enabled():
+            raise ApiError(400, "function_runtime_unsupported", f'Runtime "{run.function.runtime}" is not supported')
+        if not can_execute(caller, run.function.execute):
+            raise ApiError(401, "user_unauthorized", _denied(caller, run.function.execute))
+        v.text("data", data, MAX_DATA)
+        if not caller.is_key:
+            who = f"user:{caller.user_id}" if caller.user_id else f"ip:{caller.address}"
+            self.limiter.hit(f"{caller.project}/{function_id}/{who}")
+        return run
+
+    def _load_plan(self, project: str, function_id: str) -> Runnable:
+        fn = self.functions.get(project, function_id)
         runtime = self.catalog.get(fn.runtime)
-        if runtime is None or runtime not in self.catalog.enabled():
+        if runtime is None:
             raise ApiError(400, "function_runtime_unsupported", f'Runtime "{fn.runtime}" is not supported')
         dep = Deployment.get_or_none((Deployment.project == fn.project) & (Deployment.uid == fn.deployment)
                                      & (Deployment.function == fn.uid)) if fn.deployment else None
@@ -86,12 +118,6 @@ class ExecutionRules:
             raise build_not_found()
         if build.status != "ready":
             raise build_not_ready()
-        if not can_execute(caller, fn.execute):
-            raise ApiError(401, "user_unauthorized", _denied(caller, fn.execute))
-        v.text("data", data, MAX_DATA)
-        if not caller.is_key:
-            who = f"user:{caller.user_id}" if caller.user_id else f"ip:{caller.address}"
-            self.limiter.hit(f"{caller.project}/{fn.uid}/{who}")
         return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
 
     def environment(self, run: Runnable, caller: Caller, data: str, trigger: str = "http") -> dict[str, str]:
@@ -114,20 +140,21 @@ class ExecutionRules:
 
     def record(self, run: Runnable, caller: Caller, data: str, outcome: Outcome | None) -> Execution:
         """Store a new execution: finished (sync) or waiting (async, `outcome` None)."""
-        fields = _outcome_fields(outcome) if outcome else {"status": "waiting"}
+        fields = _outcome_fields(outcome) if outcome else dict(
+            status="waiting", status_code=0, stdout="", stderr="", logs="", errors="", time=0.0)
         with database.atomic():
             if outcome is None:
                 waiting = Execution.select().where((Execution.project == caller.project) & (Execution.status == "waiting")).count()
                 if waiting >= self.max_waiting:
                     raise ApiError(429, "general_rate_limit_exceeded", "Too many executions waiting; retry later.")
-            ex = Execution.create(
+            row = dict(
                 project=caller.project, uid=v.new_id(), function=run.function.uid, deployment=run.deployment.uid,
                 read=[f"user:{caller.user_id}"] if caller.user_id else [], trigger="http", data=data,
                 user_id=caller.user_id, date_created=int(time.time()), **fields,
             )
-            search.index(SEARCH_KIND, ex.project, ex.function, ex.seq, [ex.function, ex.uid])
-            counts.adjust(SEARCH_KIND, ex.project, ex.function, 1)
-        return ex
+            seq = statements.insert(Execution, row)
+            counts.adjust(SEARCH_KIND, caller.project, run.function.uid, 1)
+        return Execution(seq=seq, **row)
 
     # ---- the async queue ---------------------------------------------------
 
@@ -196,13 +223,21 @@ class ExecutionRules:
         req = page_request(search=search, limit=limit, offset=offset, cursor=cursor, cursor_direction=cursor_direction,
                            default_order="DESC", cursor_label="Execution", cursor_seq=cursor_seq)
         return find_page(Execution.select().where(in_list), Execution, SEARCH_KIND, caller.project, function_id, req,
-                         counted=caller.is_key)
+                         counted=caller.is_key, word_match=functools.partial(_id_word_matches, function_id))
 
     def _require_read(self, caller: Caller) -> None:
         if caller.is_key or caller.user_id:
             caller.require(Scope.EXECUTION_READ)
         else:
             raise ApiError(401, "general_unauthorized_scope", "User (role: guest) missing scope (execution.read)")
+
+
+def _id_word_matches(function_id: str, word: str) -> pw.Expression:
+    """Execution search: a word matches as a prefix of the function's ID (all
+    rows or none) or of the execution's ID; no word index is written."""
+    if any(part.startswith(word) for part in search.words(function_id)):
+        return pw.SQL("1 = 1")
+    return pw.fn.LOWER(Execution.uid).startswith(word)
 
 
 def _outcome_fields(outcome: Outcome) -> dict:

@@ -8,7 +8,7 @@ from typing import Callable
 
 import peewee as pw
 
-from server.domain import validation as v
+from server.domain import changes, validation as v
 from server.domain.errors import function_already_exists, function_not_found
 from server.domain.events import EVENT_NAMES
 from server.domain.listing import page_request
@@ -106,6 +106,7 @@ class FunctionRules:
             fn.schedule_next = _next_run(fn.schedule)
             fn.save()
             _index(fn)
+        changes.bump()
         return fn
 
     def delete(self, project: str, function_id: str) -> None:
@@ -118,14 +119,13 @@ class FunctionRules:
                 Build.delete().where((Build.project == project) & Build.deployment.in_(deployment_ids)).execute()
             search.unindex("deployment", [d.seq for d in deployments])
             Deployment.delete().where((Deployment.project == project) & (Deployment.function == fn.uid)).execute()
-            executions = Execution.select(Execution.seq).where((Execution.project == project) & (Execution.function == fn.uid))
-            search.unindex("execution", executions)
             Execution.delete().where((Execution.project == project) & (Execution.function == fn.uid)).execute()
             search.unindex(SEARCH_KIND, [fn.seq])
             counts.drop("deployment", project, fn.uid)
             counts.drop("execution", project, fn.uid)
             counts.adjust(SEARCH_KIND, project, "", -1)
             fn.delete_instance()
+        changes.bump()
         for hook in self.on_delete:
             hook(fn, deployments)
 

@@ -8,6 +8,7 @@ to the blocking pool and the containers are the engine's (`invoke`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Awaitable, Callable
 
@@ -22,10 +23,13 @@ Invoke = Callable[[Runnable, str, dict, float], Awaitable[Outcome]]
 
 
 class ExecutionRunner:
-    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking, workers: int):
+    """`write` runs store work through the group-commit writer (server.store.batch)."""
+
+    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking, workers: int, write):
         self.rules = rules
         self.invoke = invoke
         self.blocking = blocking
+        self.write = write
         self.workers = workers
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._queued: set[int] = set()  # in the queue now: the sweep adds no duplicates
@@ -46,7 +50,7 @@ class ExecutionRunner:
     async def run_sync(self, run: Runnable, caller: Caller, data: str) -> Execution:
         env = self.rules.environment(run, caller, data)
         outcome = await self.invoke(run, data, env, float(run.function.timeout))
-        return await self.blocking(self.rules.record, run, caller, data, outcome)
+        return await self.write(functools.partial(self.rules.record, run, caller, data, outcome))
 
     async def submit(self, run: Runnable, caller: Caller, data: str) -> Execution:
         execution = await self.blocking(self.rules.record, run, caller, data, None)

@@ -5,16 +5,12 @@ Callers adjust the counter in the same transaction as the insert or delete.
 
 from __future__ import annotations
 
+from server.store import statements
 from server.store.models import ListCount
 
 
 def adjust(kind: str, project: str, scope: str, delta: int) -> None:
-    updated = (
-        ListCount.update(count=ListCount.count + delta)
-        .where((ListCount.kind == kind) & (ListCount.project == project) & (ListCount.scope == scope))
-        .execute()
-    )
-    if not updated:
+    if not statements.add_to_count(delta, kind, project, scope):
         ListCount.insert(kind=kind, project=project, scope=scope, count=max(delta, 0)).on_conflict(
             conflict_target=[ListCount.kind, ListCount.project, ListCount.scope],
             update={ListCount.count: ListCount.count + delta},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Callable, Generic, TypeVar
 
 import peewee as pw
 
@@ -36,7 +36,7 @@ class Page(Generic[T]):
 
 
 def find_page(query: pw.ModelSelect, model, kind: str, project: str, scope: str, req: PageRequest,
-              counted: bool = True) -> Page:
+              counted: bool = True, word_match: Callable[[str], pw.Expression] | None = None) -> Page:
     """Run `query` (already filtered to one list) as one page.
 
     Order is creation order (`seq`). With a cursor, `after` returns the rows
@@ -44,10 +44,16 @@ def find_page(query: pw.ModelSelect, model, kind: str, project: str, scope: str,
     it, still in the requested order. `total` counts every match; `counted`
     says that `query` is exactly the list whose counter store.counts keeps
     (no further filters), so an unsearched total is one lookup.
+    `word_match`, when given, turns a search word into a condition instead of
+    the word index (for lists whose words are just IDs).
     """
     seq = model.seq
     words = search.words(req.search)
-    if words:
+    if words and word_match is not None:
+        for word in words:
+            query = query.where(word_match(word))
+        total = query.count()
+    elif words:
         # Drive from the longest word (usually the most selective) through
         # the word index; check the other words per row.
         driver, *others = sorted(words, key=len, reverse=True)

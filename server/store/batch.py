@@ -1,0 +1,85 @@
+"""Group commit: many small writes from concurrent requests, one transaction.
+
+SQLite serializes writers and its busy handler sleeps in steps of
+milliseconds, so concurrent commits from many threads queue up slowly. One
+writer thread takes every write waiting and runs them in a single
+transaction, each inside its own savepoint (a failing write rolls back alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from server.store.db import database
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256
+
+
+class BatchWriter:
+    def __init__(self):
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Callable[[], Any]) -> Future:
+        """Run `write` (store work) in the next batch; the future holds its result."""
+        future: Future = Future()
+        self._queue.put((write, future))
+        return future
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            batch = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            stopping = item is None
+            if batch:
+                self._commit(batch)
+        database.close()
+
+    def _commit(self, batch: list[tuple[Callable[[], Any], Future]]) -> None:
+        if len(batch) == 1:  # no savepoint needed
+            write, future = batch[0]
+            try:
+                with database.atomic():
+                    value = write()
+            except Exception as error:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+            return
+        results = []
+        try:
+            with database.atomic():
+                for write, future in batch:
+                    try:
+                        with database.atomic():  # a savepoint per write
+                            results.append((future, write(), None))
+                    except Exception as error:  # this write alone fails
+                        results.append((future, None, error))
+        except Exception as error:  # the commit itself failed: every write fails
+            log.exception("batch commit failed")
+            results = [(future, None, error) for _, future in batch]
+        for future, value, error in results:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
