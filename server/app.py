@@ -181,7 +181,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     writer = BatchWriter()
 
     async def write(fn):
-        return await asyncio.wrap_future(writer.submit(fn))
+        # Shielded: a caller that hangs up must not cancel a write of work already done.
+        return await asyncio.shield(asyncio.wrap_future(writer.submit(fn)))
 
     runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, settings.async_workers, write)
     server, health_servicer = create_server(components, blocking, runner)

@@ -219,3 +219,15 @@ def test_overload_answers_429_instead_of_queueing_without_bound(fresh_service, u
     assert [execute(svc, fid, data="x", is_async=True).status_code for _ in range(3)] == [201, 201, 429]
     r = execute(svc, fid, data="x", is_async=True)
     assert r.status_code == 429 and error_of(r)["type"] == "general_rate_limit_exceeded"
+
+
+def test_a_caller_hanging_up_does_not_lose_the_execution_or_break_the_service(service, unique_id):
+    code = "import time\ndef main(req, res):\n    time.sleep(float(req.payload or 0))\n    return res.send('slept')\n"
+    fid = deploy(service, unique_id(), {"main.py": code})
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(f"{service.url}/functions/{fid}/executions", json={"data": "1.5", "async": False},
+                      headers=service.headers(), timeout=0.5)
+    time.sleep(2)
+    assert execute(service, fid, data="0").json()["stdout"] == "slept"
+    listed = requests.get(f"{service.url}/functions/{fid}/executions", headers=service.headers()).json()
+    assert listed["total"] == 2 and all(e["status"] == "completed" for e in listed["executions"])

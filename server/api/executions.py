@@ -34,7 +34,8 @@ class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceService
             if run_async:
                 execution = await self.runner.submit(run, caller, request.data)
             else:
-                execution = await self.runner.run_sync(run, caller, request.data)
+                # Shielded: if the caller hangs up, the run still finishes and is recorded.
+                execution = await asyncio.shield(self.runner.run_sync(run, caller, request.data))
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - every error becomes an API error

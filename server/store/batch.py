@@ -40,6 +40,7 @@ class BatchWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            # Nothing may end this loop but stop(): every later write would hang.
             item = self._queue.get()
             batch = []
             while item is not None:
@@ -52,7 +53,10 @@ class BatchWriter:
                     break
             stopping = item is None
             if batch:
-                self._commit(batch)
+                try:
+                    self._commit(batch)
+                except Exception:
+                    log.exception("batch writer failed")
         database.close()
 
     def _commit(self, batch: list[tuple[Callable[[], Any], Future]]) -> None:
@@ -62,9 +66,9 @@ class BatchWriter:
                 with database.atomic():
                     value = write()
             except Exception as error:
-                future.set_exception(error)
+                _settle(future, None, error)
             else:
-                future.set_result(value)
+                _settle(future, value, None)
             return
         results = []
         try:
@@ -79,7 +83,15 @@ class BatchWriter:
             log.exception("batch commit failed")
             results = [(future, None, error) for _, future in batch]
         for future, value, error in results:
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(value)
+            _settle(future, value, error)
+
+
+def _settle(future: Future, value: Any, error: BaseException | None) -> None:
+    """Report to the waiter, if it still waits (a caller that went away
+    cancelled its future; the write itself stands)."""
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
