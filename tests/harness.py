@@ -137,5 +137,21 @@ def error_of(response: requests.Response) -> dict:
     return body
 
 
+def poll(read, done, timeout: float = 60, interval: float = 0.05):
+    """Call `read()` until `done(value)`; returns (value, the distinct states seen)."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        value = read()
+        state = value.get("status") if isinstance(value, dict) else value
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if done(value):
+            return value, seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {seen} after {timeout} s")
+        time.sleep(interval)
+
+
 def dumps(value) -> str:
     return json.dumps(value, separators=(",", ":"))

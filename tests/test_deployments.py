@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from codepkg import NODE_HELLO, PY_HELLO, targz, targz_members, wheel
-from harness import error_of
+from harness import error_of, poll
 
 CHUNK = 5 * 1024 * 1024
 
@@ -33,17 +33,12 @@ def upload(service, fid, archive: bytes, entrypoint="main.py", activate="true", 
     return requests.post(f"{service.url}/functions/{fid}/deployments", headers={**service.headers(), **(headers or {})}, files=files)
 
 
+def deployment_status(service, fid, did):
+    return requests.get(f"{service.url}/functions/{fid}/deployments/{did}", headers=service.headers()).json()
+
+
 def wait_build(service, fid, did, timeout=120):
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        dep = requests.get(f"{service.url}/functions/{fid}/deployments/{did}", headers=service.headers()).json()
-        if not seen or seen[-1] != dep["status"]:
-            seen.append(dep["status"])
-        if dep["status"] in ("ready", "failed"):
-            return dep, seen
-        time.sleep(0.2)
-    raise AssertionError(f"build still {seen} after {timeout} s")
+    return poll(lambda: deployment_status(service, fid, did), lambda d: d["status"] in ("ready", "failed"), timeout, 0.1)
 
 
 def leftovers(service, project="default"):
@@ -365,10 +360,7 @@ def test_restart_during_a_build_finishes_it(fresh_service, unique_id):
     name, data = wheel("slowdep", "1.0", "X = 1\n")
     archive = targz({"main.py": PY_HELLO, "requirements.txt": f"./wheels/{name}\n", f"wheels/{name}": data})
     dep = upload(svc, fid, archive).json()
-    deadline = time.monotonic() + 60
-    while requests.get(f"{svc.url}/functions/{fid}/deployments/{dep['$id']}", headers=svc.headers()).json()["status"] != "building":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    poll(lambda: deployment_status(svc, fid, dep["$id"]), lambda d: d["status"] == "building")
     assert svc.stop() == 0
     svc.start()
     final, _ = wait_build(svc, fid, dep["$id"])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from codepkg import wheel
+
 from server.engine import Builder, ContainerLimits
 from server.engine.builder import CODE_MOUNT, OUTPUT_TAIL_CHARS
 
@@ -30,27 +32,6 @@ def make_archive(path: Path, files: dict[str, str | bytes], prefix: str = "") ->
             info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def make_wheel(name: str, version: str, module_source: str) -> tuple[str, bytes]:
-    """A minimal pure-Python wheel (METADATA, WHEEL, RECORD with hashes), crafted by hand."""
-    dist_info = f"{name}-{version}.dist-info"
-    members = {
-        f"{name}/__init__.py": module_source.encode(),
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{dist_info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-
-    def record_line(member: str, data: bytes) -> str:
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        return f"{member},sha256={digest},{len(data)}"
-
-    record = "\n".join([record_line(m, d) for m, d in members.items()] + [f"{dist_info}/RECORD,,"]) + "\n"
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as whl:
-        for member, data in {**members, f"{dist_info}/RECORD": record.encode()}.items():
-            whl.writestr(member, data)
-    return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +59,7 @@ def node_package(**fields) -> str:
 
 
 def test_python_requirements_install_a_local_wheel_offline(build, docker_client, built_images, tmp_path):  # noqa: F811
-    wheel_name, wheel = make_wheel("hello_dep", "1.0", "VALUE = 'from the wheel'\n")
+    wheel_name, wheel = wheel("hello_dep", "1.0", "VALUE = 'from the wheel'\n")
     files = {
         "main.py": "import hello_dep\n",
         "requirements.txt": f"./wheels/{wheel_name}\n",
@@ -203,7 +184,7 @@ def test_unreadable_source_archive_still_builds(builder, catalog, built_images, 
 
 
 def test_two_builds_in_parallel_both_succeed(build):
-    wheel_name, wheel = make_wheel("par_dep", "2.0", "X = 2\n")
+    wheel_name, wheel = wheel("par_dep", "2.0", "X = 2\n")
     python_files = {"main.py": "", "requirements.txt": f"./{wheel_name}\n", wheel_name: wheel}
     node_files = {"index.js": "", "package.json": node_package()}
     with ThreadPoolExecutor(max_workers=2) as pool:

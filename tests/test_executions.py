@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from codepkg import targz
-from harness import error_of
+from harness import error_of, poll
 from test_deployments import new_function, upload, wait_build
 
 PY_ECHO = """
@@ -53,17 +53,16 @@ def execute(service, fid, data=None, is_async=False, headers=None):
     return requests.post(f"{service.url}/functions/{fid}/executions", json=body, headers=headers or service.headers())
 
 
+def execution_status(service, fid, eid):
+    return requests.get(f"{service.url}/functions/{fid}/executions/{eid}", headers=service.headers()).json()
+
+
 def wait_execution(service, fid, eid, timeout=60):
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        ex = requests.get(f"{service.url}/functions/{fid}/executions/{eid}", headers=service.headers()).json()
-        if not seen or seen[-1] != ex["status"]:
-            seen.append(ex["status"])
-        if ex["status"] in ("completed", "failed"):
-            return ex, seen
-        time.sleep(0.05)
-    raise AssertionError(f"execution still {seen}")
+    return poll(lambda: execution_status(service, fid, eid), lambda e: e["status"] in ("completed", "failed"), timeout)
+
+
+def wait_processing(service, fid, eid):
+    poll(lambda: execution_status(service, fid, eid), lambda e: e["status"] == "processing", 30)
 
 
 @pytest.fixture(scope="module")
@@ -193,10 +192,7 @@ def test_restart_with_executions_waiting_and_running(fresh_service, unique_id):
     svc = fresh_service(FUNCTIONS_ASYNC_WORKERS="1")
     fid = deploy(svc, unique_id(), {"main.py": PY_SLEEP}, timeout=60)
     running = execute(svc, fid, data="sleep", is_async=True).json()
-    deadline = time.monotonic() + 30
-    while requests.get(f"{svc.url}/functions/{fid}/executions/{running['$id']}", headers=svc.headers()).json()["status"] != "processing":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_processing(svc, fid, running["$id"])
     waiting = [execute(svc, fid, data=f"w{i}", is_async=True).json() for i in range(3)]
     assert all(w["status"] == "waiting" for w in waiting)
     assert svc.stop() == 0
@@ -212,10 +208,7 @@ def test_overload_answers_429_instead_of_queueing_without_bound(fresh_service, u
     svc = fresh_service(FUNCTIONS_ASYNC_WORKERS="1", FUNCTIONS_MAX_WAITING="2")
     fid = deploy(svc, unique_id(), {"main.py": PY_SLEEP}, timeout=5)
     first = execute(svc, fid, data="sleep", is_async=True).json()
-    deadline = time.monotonic() + 30
-    while requests.get(f"{svc.url}/functions/{fid}/executions/{first['$id']}", headers=svc.headers()).json()["status"] != "processing":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_processing(svc, fid, first["$id"])
     assert [execute(svc, fid, data="x", is_async=True).status_code for _ in range(3)] == [201, 201, 429]
     r = execute(svc, fid, data="x", is_async=True)
     assert r.status_code == 429 and error_of(r)["type"] == "general_rate_limit_exceeded"
