@@ -59,11 +59,11 @@ def node_package(**fields) -> str:
 
 
 def test_python_requirements_install_a_local_wheel_offline(build, docker_client, built_images, tmp_path):  # noqa: F811
-    wheel_name, wheel = wheel("hello_dep", "1.0", "VALUE = 'from the wheel'\n")
+    wheel_name, wheel_bytes = wheel("hello_dep", "1.0", "VALUE = 'from the wheel'\n")
     files = {
         "main.py": "import hello_dep\n",
         "requirements.txt": f"./wheels/{wheel_name}\n",
-        f"wheels/{wheel_name}": wheel,
+        f"wheels/{wheel_name}": wheel_bytes,
     }
     result, output = build("python-3.11", files, "main.py", prefix="./")
     assert result.ok, result.stderr
@@ -184,8 +184,8 @@ def test_unreadable_source_archive_still_builds(builder, catalog, built_images, 
 
 
 def test_two_builds_in_parallel_both_succeed(build):
-    wheel_name, wheel = wheel("par_dep", "2.0", "X = 2\n")
-    python_files = {"main.py": "", "requirements.txt": f"./{wheel_name}\n", wheel_name: wheel}
+    wheel_name, wheel_bytes = wheel("par_dep", "2.0", "X = 2\n")
+    python_files = {"main.py": "", "requirements.txt": f"./{wheel_name}\n", wheel_name: wheel_bytes}
     node_files = {"index.js": "", "package.json": node_package()}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [
