@@ -37,7 +37,7 @@ def wheel(name: str, version: str, module_source: str) -> tuple[str, bytes]:
     """A minimal pure-Python wheel: (filename, bytes)."""
     dist = f"{name}-{version}.dist-info"
     files = {
-        f"{name}.py": module_source.encode(),
+        f"{name}/__init__.py": module_source.encode(),
         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
         f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
