@@ -12,6 +12,7 @@ PROTOS := $(wildcard proto/functions/v1/*.proto)
 .PHONY: up test deps gen lint clean
 
 up: deps gen
+	scripts/docker.sh
 	$(PYTHON) -m server up
 
 test: deps gen $(NODE_STAMP)
