@@ -128,7 +128,7 @@ class DeploymentRules:
         return Upload(self, fn, deployment_id, existing, chunk, path,
                       UploadReader(content_type, lambda: FileSink(path, offset, limit, truncate)), entrypoint, activate)
 
-    def _finish_upload(self, upload: "Upload") -> Deployment:
+    def finish_upload(self, upload: "Upload") -> Deployment:
         received = upload.reader.finish()
         upload.reader.close()
         fields = received.fields
@@ -288,7 +288,7 @@ class Upload:
 
     def finish(self) -> Deployment:
         try:
-            return self.rules._finish_upload(self)
+            return self.rules.finish_upload(self)
         except BaseException:
             self.abort()
             raise
