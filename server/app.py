@@ -169,6 +169,18 @@ def create_server(components: Components, blocking: Blocking, runner: ExecutionR
     return server, health_servicer
 
 
+async def _remove_stale_uploads(components: Components, blocking: Blocking) -> None:
+    ttl = components.settings.upload_ttl
+    while True:
+        await asyncio.sleep(min(3600.0, max(ttl / 2, 1.0)))
+        try:
+            removed = await blocking(components.deployments.discard_stale_uploads, ttl)
+            if removed:
+                log.info("unfinished uploads removed", extra={"count": removed})
+        except Exception:  # try again next round
+            log.exception("removing stale uploads failed")
+
+
 async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Run the gRPC server until `stop` is set or SIGTERM/SIGINT arrives."""
     # Work hops between the event loop and a few threads (store, Docker); a
@@ -191,6 +203,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     if components.engine.pool is not None:
         await components.engine.pool.start(wait=False)
     await runner.start()
+    janitor = asyncio.create_task(_remove_stale_uploads(components, blocking))
     await server.start()
     for name in [""] + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -207,6 +220,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
+    janitor.cancel()
     await runner.stop()
     if components.engine.pool is not None:
         await components.engine.pool.stop()

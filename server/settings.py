@@ -36,6 +36,7 @@ class Settings:
     vars_max_bytes: int = field(default=8192, metadata={"env": "FUNCTIONS_VARS_MAX_BYTES", "doc": "Largest `vars` object, measured as compact JSON in UTF-8."})
     code_size_limit: int = field(default=30_000_000, metadata={"env": "FUNCTIONS_CODE_SIZE_LIMIT", "doc": "Largest deployment archive in bytes."})
     code_uncompressed_limit: int = field(default=300 * 1024 * 1024, metadata={"env": "FUNCTIONS_CODE_UNCOMPRESSED_LIMIT", "doc": "Largest unpacked size of a deployment archive in bytes (stops decompression bombs)."})
+    upload_ttl: int = field(default=86400, metadata={"env": "FUNCTIONS_UPLOAD_TTL", "doc": "Seconds a chunked upload may stay unfinished before its deployment and parts are removed."})
     runtime_images: str = field(default="", metadata={"env": "FUNCTIONS_RUNTIME_IMAGES", "doc": "Image overrides, `runtime=image,...` (e.g. `python-3.11=python:3.12-slim`); other runtimes use their locally built `functions-runtime/*` image."})
     build_workers: int = field(default=2, metadata={"env": "FUNCTIONS_BUILD_WORKERS", "doc": "Builds that run at the same time."})
     build_timeout: int = field(default=900, metadata={"env": "FUNCTIONS_BUILD_TIMEOUT", "doc": "Seconds a build may run before it is killed and marked failed."})

@@ -367,3 +367,14 @@ def test_restart_during_a_build_finishes_it(fresh_service, unique_id):
     assert final["status"] == "ready", final
     fn = requests.get(f"{svc.url}/functions/{fid}", headers=svc.headers()).json()
     assert fn["deployment"] == dep["$id"]
+
+
+def test_unfinished_chunked_uploads_are_removed_after_their_ttl(fresh_service, unique_id):
+    svc = fresh_service(FUNCTIONS_UPLOAD_TTL="2")
+    fid = new_function(svc, unique_id())
+    first = chunked_upload(svc, fid, big_archive(6 * 1024 * 1024), order=[0])[0]
+    part = svc.data_dir / "uploads" / "default" / f"{first['$id']}.part"
+    assert part.exists()
+    poll(lambda: requests.get(f"{svc.url}/functions/{fid}/deployments", headers=svc.headers()).json()["total"],
+         lambda total: total == 0, timeout=15, interval=0.2)
+    assert not part.exists()

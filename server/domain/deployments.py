@@ -214,6 +214,14 @@ class DeploymentRules:
         self.enqueue_build(build)
         return dep
 
+    def discard_stale_uploads(self, max_age: float) -> int:
+        """Remove chunked uploads left unfinished for longer than `max_age` seconds."""
+        stale = list(Deployment.select().where((Deployment.path == "") & (Deployment.date_created < time.time() - max_age)))
+        for dep in stale:
+            with self._locks(dep.uid):
+                self._discard(dep)
+        return len(stale)
+
     def _discard(self, dep: Deployment) -> None:
         with database.atomic():
             search.unindex(SEARCH_KIND, [dep.seq])
