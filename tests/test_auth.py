@@ -96,3 +96,9 @@ def test_cli_rejects_bad_input(service):
     assert service.cli("create-key", "no-such-project").returncode == 2
     assert service.cli("create-key", "default", "--scopes", "everything").returncode == 2
     assert service.cli("create-project", "-bad").returncode == 2
+
+
+def test_project_as_query_parameter(service):
+    r = requests.get(f"{service.url}/functions", params={"project": "default", "limit": 1},
+                     headers={"X-Appwrite-Key": service.bootstrap_key})
+    assert r.status_code == 200 and "functions" in r.json()

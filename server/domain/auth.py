@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping
+from urllib.parse import parse_qs, urlsplit
 
 from server.domain import jwt
 from server.domain.errors import ApiError, project_not_found
@@ -125,7 +126,7 @@ class Authenticator:
 
     def cached(self, metadata: Mapping[str, str]) -> Caller | None:
         """The caller when every lookup is cached (no I/O), else None."""
-        project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT
+        project_id = project_of(metadata)
         if not _recent.has(("project", project_id)):
             return None
         secret = metadata.get("x-appwrite-key", "")
@@ -134,7 +135,7 @@ class Authenticator:
         return self(metadata)
 
     def __call__(self, metadata: Mapping[str, str]) -> Caller:
-        project_id = metadata.get("x-appwrite-project") or DEFAULT_PROJECT
+        project_id = project_of(metadata)
         if not _project_exists(project_id):
             _recent._entries.pop(("project", project_id), None)
             raise project_not_found()
@@ -162,6 +163,20 @@ class Authenticator:
                           roles=frozenset(roles), jwt=token)
         return Caller(project=project_id, role="guest", scopes=frozenset(), roles=frozenset({"role:guest", "role:all"}),
                       address=_client_address(metadata))
+
+
+def project_of(metadata: Mapping[str, str]) -> str:
+    """`X-Appwrite-Project`, else the `project` query parameter (as Appwrite
+    allowed; REST only, seen in the path Envoy forwards), else `console`."""
+    project = metadata.get("x-appwrite-project")
+    if project:
+        return project
+    path = metadata.get("x-envoy-original-path", "")
+    if "project=" in path:
+        values = parse_qs(urlsplit(path).query).get("project")
+        if values and values[0]:
+            return values[0]
+    return DEFAULT_PROJECT
 
 
 def _client_address(metadata: Mapping[str, str]) -> str:
