@@ -41,7 +41,7 @@ class Runnable:
     build: Build
     runtime: Runtime
 
-    @property
+    @functools.cached_property
     def code_dir(self) -> Path:
         return Path(self.build.output_path)
 

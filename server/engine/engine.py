@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import docker
@@ -21,6 +22,7 @@ from server.settings import REPO_ROOT, Settings
 log = logging.getLogger(__name__)
 
 RUNTIMES_DIR = REPO_ROOT / "runtimes"
+AVAILABILITY_REFRESH = 5.0  # seconds between checks of the runtime images
 
 
 class DockerUnavailable(RuntimeError):
@@ -70,7 +72,13 @@ class Engine:
     # ---- images -------------------------------------------------------------
 
     def image_available(self, runtime: Runtime) -> bool:
-        return self.images is not None and self.images.available(runtime)
+        """Last known availability: no Docker call (this runs on every
+        execution, on the event loop). A background thread keeps it fresh;
+        a runtime never seen is checked once, here."""
+        known = self._available.get(runtime.id)
+        if known is None:
+            known = self._available[runtime.id] = self.images is not None and self.images.available(runtime)
+        return known
 
     def ensure_image(self, runtime: Runtime) -> str:
         if self.images is None:
@@ -85,8 +93,10 @@ class Engine:
         return cached
 
     def __post_init__(self):
+        self._available: dict[str, bool] = {}
         self._image_ids: dict[str, str] = {}
-        self._targets: dict[str, DeploymentTarget] = {}
+        # deployment ID -> (build ID, target): the warm path builds no target
+        self._targets: dict[str, tuple[str, DeploymentTarget]] = {}
 
     # ---- executions -----------------------------------------------------------
 
@@ -100,11 +110,13 @@ class Engine:
     async def invoke(self, run: Runnable, payload: str, env: dict, timeout: float) -> Outcome:
         if self.pool is None:
             raise ApiError(503, "general_server_error", "The Docker engine is unreachable: functions cannot run.")
-        target = self._targets.get(run.deployment.uid)
-        if target is None or target.code_dir != run.code_dir:
+        cached = self._targets.get(run.deployment.uid)
+        if cached is not None and cached[0] == run.build.uid:
+            target = cached[1]
+        else:
             loop = asyncio.get_running_loop()
             target = await loop.run_in_executor(None, self.target, run)
-            self._targets[run.deployment.uid] = target
+            self._targets[run.deployment.uid] = (run.build.uid, target)
         try:
             result = await self.pool.invoke(target, payload, env, {}, timeout)
         except PoolBusy:
@@ -124,7 +136,7 @@ class Engine:
         """Give an activated deployment a container ahead of its first execution (any thread)."""
         if self.pool is not None:
             target = self.target(run)
-            self._targets[run.deployment.uid] = target
+            self._targets[run.deployment.uid] = (run.build.uid, target)
             asyncio.run_coroutine_threadsafe(self.pool.warm(target), loop)
 
     def prepare_images_in_background(self, catalog: RuntimeCatalog) -> threading.Thread | None:
@@ -138,6 +150,10 @@ class Engine:
             for runtime_id, outcome in results.items():
                 if isinstance(outcome, Exception):
                     log.error("runtime disabled: its image is unavailable", extra={"runtime": runtime_id, "error": str(outcome)})
+            while True:  # images may be removed or rebuilt from outside
+                for runtime in wanted:
+                    self._available[runtime.id] = self.images.available(runtime)
+                time.sleep(AVAILABILITY_REFRESH)
 
         thread = threading.Thread(target=prepare, name="runtime-images", daemon=True)
         thread.start()
