@@ -421,3 +421,28 @@ def test_containers_are_hardened(shared, env):
     assert host["Memory"] == 128 << 20 and host["MemorySwap"] == 128 << 20 and host["PidsLimit"] == 64
     assert attrs["Config"]["Labels"]["functions.role"] == "runtime"
     assert not attrs["NetworkSettings"]["Networks"].get("bridge")
+
+
+def test_containers_of_a_vanished_service_are_swept(make_pool):
+    """A pool whose work_dir was deleted (its service killed, its data gone)
+    leaves containers behind; the next pool to start removes them."""
+    client = docker.from_env()
+    gone_dir, alive_dir = Path(tempfile.mkdtemp(prefix="gone-")), Path(tempfile.mkdtemp(prefix="alive-"))
+    made = {}
+    for label, work_dir in (("gone", gone_dir), ("alive", alive_dir)):
+        made[label] = client.containers.create(
+            "functions-runtime/python:3.11", ["sleep", "60"],
+            labels={"functions.role": "runtime", "functions.pool": f"other-{label}", "functions.work-dir": str(work_dir)},
+        )
+    shutil.rmtree(gone_dir)
+    try:
+        make_pool(prewarm=0)
+        ids = {c.id for c in client.containers.list(all=True)}
+        assert made["gone"].id not in ids and made["alive"].id in ids
+    finally:
+        for container in made.values():
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        shutil.rmtree(alive_dir, ignore_errors=True)

@@ -41,6 +41,9 @@ MAX_REPLY_BYTES = 4 * 1024 * 1024
 SOCKET_MOUNT = "/opt/functions/sock"
 SOCKET_NAME = "runtime.sock"
 OWNER_LABEL = "functions.pool"  # unique per pool work_dir: a pool only ever removes its own containers
+# The pool's work_dir: a container whose work_dir is gone belongs to a service
+# that was killed and whose data was removed (test runs): any pool may remove it.
+WORK_DIR_LABEL = "functions.work-dir"
 PROJECT_LABEL = "functions.project"
 DEPLOYMENT_LABEL = "functions.deployment"
 COMMANDS = {
@@ -162,8 +165,9 @@ class DockerRuntimes:
     """
 
     def __init__(self, client: docker.DockerClient, runtimes_dir: Path, limits: ContainerLimits, tmp_mb: int, owner: str,
-                 network: str = "none"):
+                 network: str = "none", work_dir: Path | None = None):
         self._network = network
+        self._work_dir = str(work_dir or "")
         self._client = client
         self._runtimes_dir = Path(runtimes_dir).resolve()
         self.limits = limits
@@ -193,6 +197,7 @@ class DockerRuntimes:
                 ROLE_LABEL: "runtime",
                 RUNTIME_LABEL: runtime.id,
                 OWNER_LABEL: self.owner,
+                WORK_DIR_LABEL: self._work_dir,
                 # Empty for stem cells: labels cannot change once a deployment takes one.
                 PROJECT_LABEL: project,
                 DEPLOYMENT_LABEL: deployment,
@@ -222,9 +227,14 @@ class DockerRuntimes:
             shutil.rmtree(host_dir, ignore_errors=True)
 
     def owned(self) -> list[str]:
-        """IDs of every container with this owner label, running or not."""
-        found = self._client.api.containers(all=True, quiet=True, filters={"label": f"{OWNER_LABEL}={self.owner}"})
-        return [item["Id"] for item in found]
+        """IDs of every container with this owner label, running or not, and of
+        orphans: runtime containers whose pool's work_dir no longer exists."""
+        found = self._client.api.containers(all=True, filters={"label": f"{ROLE_LABEL}=runtime"})
+        return [
+            item["Id"] for item in found
+            if (item.get("Labels") or {}).get(OWNER_LABEL) == self.owner
+            or _orphaned((item.get("Labels") or {}).get(WORK_DIR_LABEL, ""))
+        ]
 
     def status(self, container_id: str) -> str:
         try:
@@ -297,3 +307,7 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:  # another filesystem, or hard links not permitted
         shutil.copy2(src, dst)
+
+
+def _orphaned(work_dir: str) -> bool:
+    return bool(work_dir) and not os.path.isdir(work_dir)

@@ -216,7 +216,7 @@ class ContainerPool:
         self._reap_interval = reap_interval or min(max(keep_alive / 4, 0.5), 30.0)
         self._prewarm_runtimes = {r.id: r for r in runtimes}
         self.owner = hashlib.sha256(str(self._work_dir).encode()).hexdigest()[:16]
-        self._docker = DockerRuntimes(client, runtimes_dir, self.limits, tmp_mb, self.owner, network)
+        self._docker = DockerRuntimes(client, runtimes_dir, self.limits, tmp_mb, self.owner, network, self._work_dir)
         self._executor = ThreadPoolExecutor(max_workers=docker_threads, thread_name_prefix="pool-docker")
 
         self._containers: dict[str, Container] = {}  # until removed from Docker
