@@ -38,6 +38,11 @@ function envoy_on_request(handle)
       body:setBytes("")
     end
   elseif string.sub(content_type, 1, 16) == "application/json" then
+    -- Only a short body can be `null`: others pass without being buffered here.
+    local length = tonumber(headers:get("content-length") or "")
+    if length ~= nil and length >= 16 then
+      return
+    end
     local body = handle:body()
     if body ~= nil and body:length() < 16 then
       local text = body:getBytes(0, body:length())
