@@ -84,8 +84,8 @@ class _Recent:
         hit = self._entries.get(key)
         return hit is not None and hit[0] > time.monotonic()
 
-    def clear(self) -> None:
-        self._entries.clear()
+    def forget(self, key) -> None:
+        self._entries.pop(key, None)
 
 
 # Seconds a project or key lookup is reused; a new key works at once (misses
@@ -106,7 +106,7 @@ def _key(secret: str) -> tuple[str, frozenset[str]] | None:
 
     found = _recent.get(("key", digest), load)
     if found is None:
-        _recent._entries.pop(("key", digest), None)
+        _recent.forget(("key", digest))  # misses are not cached: a new key works at once
     return found
 
 
@@ -137,7 +137,7 @@ class Authenticator:
     def __call__(self, metadata: Mapping[str, str]) -> Caller:
         project_id = project_of(metadata)
         if not _project_exists(project_id):
-            _recent._entries.pop(("project", project_id), None)
+            _recent.forget(("project", project_id))  # a project created later is found at once
             raise project_not_found()
         secret = metadata.get("x-appwrite-key", "")
         if secret:
