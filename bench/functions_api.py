@@ -100,6 +100,7 @@ def main() -> None:
             ("list page by offset 5000 (max)", get("/functions?offset=5000&limit=25")),
             ("search 'gamma func' (1/8 match)", get("/functions?search=gamma+func&limit=25")),
             ("search one id", get(f"/functions?search=fn{n - 7:06d}")),
+            ("search 'python <id>' (broad + selective)", get(f"/functions?search=python+fn{n - 7:06d}")),
         ]
         print(f"\n{'case (through Envoy, REST)':42} {'median ms':>10} {'p99 ms':>8}")
         results = {}

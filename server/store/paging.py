@@ -54,9 +54,11 @@ def find_page(query: pw.ModelSelect, model, kind: str, project: str, scope: str,
             query = query.where(word_match(word))
         total = query.count()
     elif words:
-        # Drive from the longest word (usually the most selective) through
-        # the word index; check the other words per row.
-        driver, *others = sorted(words, key=len, reverse=True)
+        # Drive from the most selective word through the word index (probed
+        # with bounded counts); check the other words per row.
+        if len(words) > 1:
+            words.sort(key=lambda w: (search.bounded_count(kind, project, scope, w, _SMALL_RESULT + 1), -len(w)))
+        driver, *others = words
         for word in others:
             query = query.where(search.has_word(kind, seq, word))
         narrowed = query.where(seq.in_(search.matching(kind, project, scope, driver)))

@@ -65,3 +65,10 @@ def matching(kind: str, project: str, scope: str, term: str) -> pw.SelectQuery:
         & (SearchToken.token >= low)
         & (SearchToken.token < low + "g")
     )
+
+
+def bounded_count(kind: str, project: str, scope: str, term: str, cap: int) -> int:
+    """How many rows have a word starting with `term`'s, counted up to `cap`
+    (an index range scan of at most `cap` entries): a cheap selectivity probe."""
+    limited = matching(kind, project, scope, term).limit(cap)
+    return SearchToken.select(pw.fn.COUNT(pw.SQL("*"))).from_(limited.alias("limited")).scalar()
