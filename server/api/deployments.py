@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 from google.protobuf import empty_pb2
 
 from functions.v1 import deployment_pb2 as pb
 from functions.v1 import deployment_pb2_grpc
 
 from server.api import convert
-from server.api.endpoint import ServicerBase, endpoint, metadata_of
+from server.api.endpoint import ServicerBase, endpoint, metadata_of, optional
 from server.domain.auth import Caller, Scope
 from server.domain.deployments import DeploymentRules
 from server.domain.errors import ApiError
@@ -26,42 +25,35 @@ class DeploymentServicer(ServicerBase, deployment_pb2_grpc.DeploymentServiceServ
     def ListDeployments(self, request: pb.ListDeploymentsRequest, caller: Caller):
         page = self.rules.list(
             caller.project, request.function_id, search=request.search,
-            limit=request.limit if request.HasField("limit") else None, offset=request.offset, cursor=request.cursor,
+            limit=optional(request, "limit"), offset=request.offset, cursor=request.cursor,
             cursor_direction=request.cursor_direction, order_type=request.order_type,
         )
         return pb.ListDeploymentsResponse(total=page.total, deployments=[convert.deployment(d, b) for d, b in page.items])
 
-    async def CreateDeployment(self, request_iterator, context: grpc.aio.ServicerContext):
+    @endpoint(Scope.FUNCTIONS_WRITE, http_status=201)
+    async def CreateDeployment(self, request_iterator, caller: Caller, context):
         """Streams the body to disk piece by piece; the first message carries
         the function ID (and, from gRPC clients, entrypoint and activate)."""
-        upload = None
         try:
-            caller = await self.authenticate(context)
-            caller.require(Scope.FUNCTIONS_WRITE)
-            try:
-                first = await request_iterator.__anext__()
-            except StopAsyncIteration:
-                raise ApiError(400, "storage_file_empty", "No file sent") from None
-            upload = await self.blocking(
-                self.rules.begin_upload, caller.project, first.function_id, metadata_of(context),
-                first.body.content_type, first.entrypoint, first.activate,
-            )
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            raise ApiError(400, "storage_file_empty", "No file sent") from None
+        upload = await self.blocking(
+            self.rules.begin_upload, caller.project, first.function_id, metadata_of(context),
+            first.body.content_type, first.entrypoint, first.activate,
+        )
+        try:
             await self.blocking(upload.feed, first.body.data)
             async for message in request_iterator:
                 await self.blocking(upload.feed, message.body.data)
             deployment = await self.blocking(upload.finish)
-            build = await self.blocking(self.rules.build_of, deployment)
-        except asyncio.CancelledError:
-            if upload is not None:
-                await self.blocking(upload.abort)
+        except asyncio.CancelledError:  # the client went away: leave nothing behind
+            upload.abort()
             raise
-        except Exception as error:  # noqa: BLE001 - every error becomes an API error
-            if upload is not None:
-                await self.blocking(upload.abort)
-            await self.fail(context, error, "CreateDeployment")
-            return None
-        await context.send_initial_metadata((("x-http-code", "201"),))
-        return convert.deployment(deployment, build)
+        except Exception:
+            await self.blocking(upload.abort)
+            raise
+        return convert.deployment(deployment, await self.blocking(self.rules.build_of, deployment))
 
     @endpoint(Scope.FUNCTIONS_READ)
     def GetDeployment(self, request: pb.GetDeploymentRequest, caller: Caller):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -86,22 +87,35 @@ class ServicerBase:
         await abort_with(context, error, self.error_version)
 
 
-def endpoint(scope: Scope | None, http_status: int = 200):
-    """Decorate a *blocking* `(self, request, caller) -> response` handler.
+def optional(message, field: str):
+    """A proto3 `optional` field's value, or None when the client left it out."""
+    return getattr(message, field) if message.HasField(field) else None
 
-    The handler runs on the blocking pool after authentication and the scope
-    check; `scope=None` leaves the check to the handler (executions, where end
-    users may call too).
+
+def endpoint(scope: Scope | None, http_status: int = 200):
+    """Decorate an RPC handler with authentication, the scope check, errors
+    and the REST success code.
+
+    A plain `(self, request, caller)` handler is blocking work and runs on the
+    blocking pool. An `async (self, request, caller, context)` handler runs on
+    the event loop (streams, waiting on containers) and gets the context for
+    its metadata. `scope=None` leaves the check to the handler (executions,
+    where end users may call too).
     """
 
     def wrap(handler):
+        is_async = inspect.iscoroutinefunction(handler)
+
         @functools.wraps(handler)
         async def rpc(self: ServicerBase, request, context):
             try:
                 caller = await self.authenticate(context)
                 if scope is not None:
                     caller.require(scope)
-                response = await self.blocking(handler, self, request, caller)
+                if is_async:
+                    response = await handler(self, request, caller, context)
+                else:
+                    response = await self.blocking(handler, self, request, caller)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - every error becomes an API error

@@ -7,7 +7,7 @@ from functions.v1 import function_pb2_grpc
 from google.protobuf import empty_pb2
 
 from server.api import convert
-from server.api.endpoint import ServicerBase, endpoint
+from server.api.endpoint import ServicerBase, endpoint, optional
 from server.domain.auth import Caller, Scope
 from server.domain.functions import FunctionInput, FunctionRules
 
@@ -19,7 +19,7 @@ def _input(request) -> FunctionInput:
         vars=dict(request.vars),
         events=list(request.events),
         schedule=request.schedule,
-        timeout=request.timeout if request.HasField("timeout") else None,
+        timeout=optional(request, "timeout"),
     )
 
 
@@ -33,7 +33,7 @@ class FunctionServicer(ServicerBase, function_pb2_grpc.FunctionServiceServicer):
         page = self.rules.list(
             caller.project,
             search=request.search,
-            limit=request.limit if request.HasField("limit") else None,
+            limit=optional(request, "limit"),
             offset=request.offset,
             cursor=request.cursor,
             cursor_direction=request.cursor_direction,
