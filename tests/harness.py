@@ -3,7 +3,6 @@ subprocesses, on free loopback ports, with data in a temporary directory."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -151,7 +150,3 @@ def poll(read, done, timeout: float = 60, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"still {seen} after {timeout} s")
         time.sleep(interval)
-
-
-def dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"))

@@ -58,9 +58,5 @@ def cursor_not_found(label: str, cursor: str) -> ApiError:
     return ApiError(400, "general_cursor_not_found", f"{label} '{cursor}' for the 'cursor' value not found.")
 
 
-def not_implemented(what: str) -> ApiError:
-    return ApiError(501, "general_not_implemented", f"{what} is not implemented yet.")
-
-
 def server_error() -> ApiError:
     return ApiError(500, "general_unknown", "Server Error")

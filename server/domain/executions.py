@@ -28,8 +28,6 @@ from server.store.paging import Page, find_page
 SEARCH_KIND = "execution"
 MAX_DATA = 8192
 OUTPUT_TAIL = 16_384
-TIMEOUT_MESSAGE = "Execution timed out."
-TIMEOUT_STATUS = 124
 
 
 @dataclass(frozen=True)
@@ -105,20 +103,7 @@ class ExecutionRules:
         return run
 
     def _load_plan(self, project: str, function_id: str) -> Runnable:
-        fn = self.functions.get(project, function_id)
-        runtime = self.catalog.get(fn.runtime)
-        if runtime is None:
-            raise ApiError(400, "function_runtime_unsupported", f'Runtime "{fn.runtime}" is not supported')
-        dep = Deployment.get_or_none((Deployment.project == fn.project) & (Deployment.uid == fn.deployment)
-                                     & (Deployment.function == fn.uid)) if fn.deployment else None
-        if dep is None:
-            raise deployment_not_found("Deployment not found. Deploy deployment before trying to execute a function")
-        build = Build.get_or_none((Build.project == fn.project) & (Build.uid == dep.build)) if dep.build else None
-        if build is None:
-            raise build_not_found()
-        if build.status != "ready":
-            raise build_not_ready()
-        return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
+        return self._runnable(self.functions.get(project, function_id), None)
 
     def environment(self, run: Runnable, caller: Caller, data: str, trigger: str = "http") -> dict[str, str]:
         """The function's vars under the twelve APPWRITE_FUNCTION_* variables (those win)."""
@@ -182,19 +167,28 @@ class ExecutionRules:
 
     def runnable_for(self, ex: Execution) -> Runnable:
         """The run of a waiting execution: the deployment it was created for."""
-        fn = self.functions.get(ex.project, ex.function)
-        return self._runnable(fn, ex.deployment, "The deployment of this execution is gone or not ready.")
+        return self._runnable(self.functions.get(ex.project, ex.function), ex.deployment)
 
     def runnable_for_active(self, fn: Function) -> Runnable:
         """The run of the function's active deployment (for warming it)."""
-        return self._runnable(fn, fn.deployment, "No ready active deployment.")
+        return self._runnable(fn, None)
 
-    def _runnable(self, fn: Function, deployment_id: str, problem: str) -> Runnable:
+    def _runnable(self, fn: Function, deployment_id: str | None) -> Runnable:
+        """The run of `deployment_id` (None: the active one), in Appwrite's
+        order of checks: runtime, deployment, build, build ready."""
         runtime = self.catalog.get(fn.runtime)
-        dep = Deployment.get_or_none((Deployment.project == fn.project) & (Deployment.uid == deployment_id))
-        build = dep and Build.get_or_none((Build.project == fn.project) & (Build.uid == dep.build))
-        if runtime is None or dep is None or build is None or build.status != "ready":
-            raise deployment_not_found(problem)
+        if runtime is None:
+            raise ApiError(400, "function_runtime_unsupported", f'Runtime "{fn.runtime}" is not supported')
+        deployment_id = fn.deployment if deployment_id is None else deployment_id
+        dep = Deployment.get_or_none((Deployment.project == fn.project) & (Deployment.uid == deployment_id)
+                                     & (Deployment.function == fn.uid)) if deployment_id else None
+        if dep is None:
+            raise deployment_not_found("Deployment not found. Deploy deployment before trying to execute a function")
+        build = Build.get_or_none((Build.project == fn.project) & (Build.uid == dep.build)) if dep.build else None
+        if build is None:
+            raise build_not_found()
+        if build.status != "ready":
+            raise build_not_ready()
         return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
 
     # ---- reading -----------------------------------------------------------

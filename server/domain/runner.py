@@ -1,8 +1,10 @@
 """Running executions: synchronously for the caller, or through the durable
 async queue (Execution rows with status `waiting`).
 
-The runner is asyncio code on the server's event loop; the store work goes
-to the blocking pool and the containers are the engine's (`invoke`).
+The runner is asyncio code on the server's event loop. Every write of an
+execution row goes through `write` (the group-commit writer, one SQLite
+writer for all of them); reads go to the blocking pool; the containers are
+the engine's (`invoke`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class ExecutionRunner:
         return await self.write(functools.partial(self.rules.record, run, caller, data, outcome))
 
     async def submit(self, run: Runnable, caller: Caller, data: str) -> Execution:
-        execution = await self.blocking(self.rules.record, run, caller, data, None)
+        execution = await self.write(functools.partial(self.rules.record, run, caller, data, None))
         self._enqueue(execution.seq)
         return execution
 
@@ -83,13 +85,13 @@ class ExecutionRunner:
                 log.exception("async execution crashed", extra={"seq": seq})
 
     async def _run_waiting(self, seq: int) -> None:
-        execution = await self.blocking(self.rules.claim, seq)
+        execution = await self.write(functools.partial(self.rules.claim, seq))
         if execution is None:
             return  # taken by another worker, or deleted
         try:
             run = await self.blocking(self.rules.runnable_for, execution)
         except ApiError as error:
-            await self.blocking(self.rules.fail, execution, error.message)
+            await self.write(functools.partial(self.rules.fail, execution, error.message))
             return
         caller = Caller(project=execution.project, role="member" if execution.user_id else "guest",
                         scopes=frozenset(), user_id=execution.user_id)
@@ -97,6 +99,6 @@ class ExecutionRunner:
         try:
             outcome = await self.invoke(run, execution.data, env, float(run.function.timeout))
         except ApiError as error:
-            await self.blocking(self.rules.fail, execution, error.message)
+            await self.write(functools.partial(self.rules.fail, execution, error.message))
             return
-        await self.blocking(self.rules.finish, execution, outcome)
+        await self.write(functools.partial(self.rules.finish, execution, outcome))
