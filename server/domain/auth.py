@@ -97,9 +97,7 @@ def _project_exists(project_id: str) -> bool:
     return _recent.get(("project", project_id), lambda: Project.get_or_none(Project.id == project_id) is not None)
 
 
-def _key(secret: str) -> tuple[str, frozenset[str]] | None:
-    digest = hash_secret(secret)
-
+def _key(digest: str) -> tuple[str, frozenset[str]] | None:
     def load():
         key = ApiKey.get_or_none(ApiKey.secret_hash == digest)
         return (key.project_id, frozenset(key.scopes)) if key else None
@@ -126,22 +124,24 @@ class Authenticator:
 
     def cached(self, metadata: Mapping[str, str]) -> Caller | None:
         """The caller when every lookup is cached (no I/O), else None."""
-        project_id = project_of(metadata)
-        if not _recent.has(("project", project_id)):
-            return None
-        secret = metadata.get("x-appwrite-key", "")
-        if secret and not _recent.has(("key", hash_secret(secret))):
-            return None
-        return self(metadata)
+        return self._resolve(metadata, cached_only=True)
 
     def __call__(self, metadata: Mapping[str, str]) -> Caller:
+        return self._resolve(metadata, cached_only=False)
+
+    def _resolve(self, metadata: Mapping[str, str], cached_only: bool) -> Caller | None:
         project_id = project_of(metadata)
+        if cached_only and not _recent.has(("project", project_id)):
+            return None
         if not _project_exists(project_id):
             _recent.forget(("project", project_id))  # a project created later is found at once
             raise project_not_found()
         secret = metadata.get("x-appwrite-key", "")
         if secret:
-            key = _key(secret)
+            digest = hash_secret(secret)
+            if cached_only and not _recent.has(("key", digest)):
+                return None
+            key = _key(digest)
             if key is None or key[0] != project_id:
                 raise ApiError(401, "user_unauthorized", "Invalid API key for this project.")
             return Caller(project=project_id, role="app", scopes=key[1], roles=frozenset({"role:app", "role:all"}))
