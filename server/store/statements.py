@@ -16,6 +16,12 @@ from server.store.db import database
 _sql_cache: dict[tuple, str] = {}
 
 
+def _dialect(db: pw.Database) -> tuple:
+    """What the SQL text depends on. Not id(db): a closed database's id may be
+    reused by one of the other kind (tests open SQLite and PostgreSQL)."""
+    return (type(db), db.param, db.quote)
+
+
 def _quote(db: pw.Database, name: str) -> str:
     return f"{db.quote[0]}{name}{db.quote[1]}"
 
@@ -23,7 +29,7 @@ def _quote(db: pw.Database, name: str) -> str:
 def insert(model: type[pw.Model], row: dict[str, Any]) -> int:
     """INSERT one row; returns its autoincrement primary key."""
     db = database.obj
-    key = ("insert", model, tuple(row), id(db))
+    key = ("insert", model, tuple(row), _dialect(db))
     sql = _sql_cache.get(key)
     fields = model._meta.fields
     if sql is None:
@@ -40,7 +46,7 @@ def add_to_count(delta: int, kind: str, project: str, scope: str) -> int:
     from server.store.models import ListCount
 
     db = database.obj
-    key = ("count", id(db))
+    key = ("count", _dialect(db))
     sql = _sql_cache.get(key)
     if sql is None:
         table, p = _quote(db, ListCount._meta.table_name), db.param
