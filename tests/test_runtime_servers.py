@@ -168,6 +168,115 @@ RUNTIMES = {
 }
 ALT_ENTRY = {"python": "main.py", "node": "index.mjs"}
 
+PYTHON_HOSTILE = r'''
+import json, os, subprocess, sys, time
+
+
+def sockets():
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found[fd] = int(target[8:-1])
+    return found
+
+
+def main(req, res):
+    action = req.headers.get("x-action", "")
+    if action == "bg" or req.payload == "bg":  # reliability-probe.md F1, verbatim
+        if req.payload == "bg" and os.fork() == 0:
+            return res.json({"from": "child", "payload": req.payload})
+        return res.json({"from": "parent", "payload": req.payload})
+    if action == "fds":
+        return res.json({"sockets": sockets(), "pid": os.getpid()})
+    if action == "junk":  # every fd it can find, during the execution
+        for fd in range(256):
+            try:
+                os.write(fd, b'junk\n{"id":null,"statusCode":200,"body":"forged"}\n')
+            except OSError:
+                pass
+        return res.json({"payload": req.payload})
+    if action == "late-junk":  # a forked child writes to every fd after the reply
+        if os.fork() == 0:
+            time.sleep(0.3)
+            for fd in range(256):
+                try:
+                    os.write(fd, b'{"id":null,"statusCode":200,"body":"forged"}\n')
+                except OSError:
+                    pass
+            os._exit(0)
+        return res.json({"payload": req.payload})
+    if action == "size":
+        return res.send(req.payload[0] * int(req.payload[1:]))
+    if action == "bytes":
+        sys.stdout.buffer.write(b"\xff\xfe out\n")
+        sys.stdout.flush()
+        return res.send(b"\xff ok")
+    if action == "fd-output":
+        print("from print")
+        os.write(1, b"from os.write\n")
+        os.system("echo from-a-child; echo child-err >&2")
+        return res.send("ok")
+    if action == "long-error":
+        raise ValueError("e" * 20000 + "END")
+    if action == "exit":
+        print("before exit", flush=True)
+        os._exit(3)
+    if action == "spawn-bg":
+        return res.json({"pid": subprocess.Popen(["sleep", "30"]).pid})
+    return res.json({"payload": req.payload})
+'''
+
+NODE_HOSTILE = r'''
+const fs = require('fs');
+const cp = require('child_process');
+
+function sockets() {
+  const found = {};
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    let target;
+    try { target = fs.readlinkSync(`/proc/self/fd/${fd}`); } catch (_) { continue; }
+    if (target.startsWith('socket:[')) found[fd] = Number(target.slice(8, -1));
+  }
+  return found;
+}
+
+module.exports = async (req, res) => {
+  const action = req.headers['x-action'] || '';
+  if (action === 'fds') return res.json({ sockets: sockets(), pid: process.pid });
+  if (action === 'junk') {
+    for (let fd = 0; fd < 256; fd++) {
+      try { fs.writeSync(fd, 'junk\n{"id":null,"statusCode":200,"body":"forged"}\n'); } catch (_) { /* not writable */ }
+    }
+    return res.json({ payload: req.payload });
+  }
+  if (action === 'late-junk' || req.payload === 'bg') {  // a child writes on every inherited fd after the reply
+    cp.spawn('sh', ['-c', 'sleep 0.3; echo junk >&3; echo junk >&4'], { stdio: ['ignore', 'ignore', 'ignore', 3, 4], detached: true }).unref();
+    return res.json({ from: 'parent', payload: req.payload });
+  }
+  if (action === 'size') return res.send(req.payload[0].repeat(Number(req.payload.slice(1))));
+  if (action === 'bytes') {
+    process.stdout.write(Buffer.from([0xff, 0xfe, 0x20, 0x6f, 0x75, 0x74, 0x0a]));
+    return res.send(Buffer.from([0xff, 0x20, 0x6f, 0x6b]));
+  }
+  if (action === 'fd-output') {
+    console.log('from print');
+    fs.writeSync(1, 'from os.write\n');
+    cp.execSync('echo from-a-child; echo child-err >&2', { stdio: 'inherit' });
+    return res.send('ok');
+  }
+  if (action === 'long-error') throw new Error('e'.repeat(20000) + 'END');
+  if (action === 'exit') { fs.writeSync(1, 'before exit\n'); process.exit(3); }
+  if (action === 'spawn-bg') return res.json({ pid: cp.spawn('sleep', ['30'], { stdio: 'ignore', detached: true }).pid });
+  return res.json({ payload: req.payload });
+};
+'''
+RUNTIMES["python"]["samples"]["hostile"] = {"main.py": PYTHON_HOSTILE}
+RUNTIMES["node"]["samples"]["hostile"] = {"index.js": NODE_HOSTILE}
+
 
 class Client:
     """One connection to a runtime server: a request line, a response line."""
@@ -210,10 +319,13 @@ class RuntimeServer:
         self.code_dir = Path(tempfile.mkdtemp(prefix="rt-code-"))
         self.proc: subprocess.Popen | None = None
         self.clients: list[Client] = []
+        self.extra_env: dict = {}
 
     def start(self) -> "RuntimeServer":
-        env = {**os.environ, "FUNCTIONS_RUNTIME_SOCKET": self.socket_path}
+        env = {**os.environ, "FUNCTIONS_RUNTIME_SOCKET": self.socket_path, **self.extra_env}
         env.pop("RT_VAR", None)
+        if "FUNCTIONS_RUNTIME_PID_NAMESPACE" not in self.extra_env:
+            env.pop("FUNCTIONS_RUNTIME_PID_NAMESPACE", None)
         self.log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(self.spec["cmd"], env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -305,13 +417,15 @@ def test_ping(rt):
     assert rt.client().request(type="ping") == {"ok": True, "runtime": rt.language, "pid": rt.proc.pid}
 
 
-def test_socket_replaces_stale_file_and_is_world_writable(make_server):
+def test_socket_replaces_stale_file_and_is_private(make_server):
+    """F2: mode 0600 from the start (created under umask 0177), owned by the runtime's user."""
     server = make_server()
     Path(server.socket_path).write_text("stale")
     server.start()
-    mode = os.stat(server.socket_path).st_mode
-    assert stat.S_ISSOCK(mode)
-    assert stat.S_IMODE(mode) == 0o666
+    st = os.stat(server.socket_path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.getuid()
 
 
 def test_sigterm_exits_cleanly_and_removes_socket(rt):
@@ -421,11 +535,16 @@ def test_output_captured_per_execution(app):
     assert app.execute("default")["logs"] == ""
 
 
-def test_huge_output_truncated_to_last_16384(app):
+def test_huge_output_keeps_the_last_16384_with_a_cut_marker_and_the_whole_body(app):
     reply = app.execute("huge")
-    assert reply["statusCode"] == 200
-    for field, marker in (("logs", "END-OUT"), ("errors", "END-ERR"), ("body", "END-BODY")):
-        assert len(reply[field]) == LIMIT and reply[field].endswith(marker), field
+    assert reply["statusCode"] == 200 and reply["error"] == ""
+    assert reply["body"] == "z" * 50000 + "END-BODY"  # within the limit: whole
+    for field, total, marker, char in (("logs", 100007, "END-OUT", "x"), ("errors", 50007, "END-ERR", "y")):
+        text = reply[field]
+        assert len(text) == LIMIT and text.endswith(marker), field
+        first, rest = text.split("\n", 1)
+        assert first == f"[\u2026 {total - len(rest)} earlier characters cut \u2026]", first
+        assert set(rest[:-len(marker)]) == {char}, field
 
 
 def test_exception_gives_500_with_traceback_and_later_executions_work(app, rt):
@@ -478,3 +597,287 @@ def test_per_execution_overhead(app, rt):
     median_ms = statistics.median(times) * 1000
     print(f"\n{rt.language}: median {median_ms:.3f} ms, p99 {sorted(times)[989] * 1000:.3f} ms per execution")
     assert median_ms < 5
+
+
+# --- isolation: request ids, the worker, hostile code (reliability-probe.md F1, F5) ---
+
+def _alive(proc: subprocess.Popen, timeout: float) -> bool:
+    """False once the server process exited within `timeout` seconds."""
+    try:
+        proc.wait(timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        return True
+
+
+@pytest.fixture
+def hostile(rt) -> Client:
+    assert rt.load("hostile") == {"ok": True}
+    return rt.client()
+
+
+def test_request_ids_are_echoed(app):
+    assert app.request(type="ping", id="abc-1")["id"] == "abc-1"
+    reply = app.request(type="execute", id=42, payload="p", headers={"x-action": "default"})
+    assert (reply["id"], reply["body"]) == (42, "plain")
+    reply = app.request(type="bogus", id="x")
+    assert reply["id"] == "x" and reply["ok"] is False
+    assert "id" not in app.execute("default")  # no id, none echoed
+
+
+def test_the_worker_holds_no_service_socket(hostile, rt):
+    """The user's code runs in a child with neither the listening socket nor a connection."""
+    reply = hostile.execute("fds")
+    assert reply["statusCode"] == 200, reply
+    seen = json.loads(reply["body"])
+    assert seen["pid"] != rt.proc.pid
+    service = set()  # the listener and every accepted connection show the path in /proc/net/unix
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == rt.socket_path:
+            service.add(int(fields[6]))
+    supervisor = {int(os.readlink(f"/proc/{rt.proc.pid}/fd/{fd}")[8:-1]) for fd in os.listdir(f"/proc/{rt.proc.pid}/fd")
+                  if os.readlink(f"/proc/{rt.proc.pid}/fd/{fd}").startswith("socket:[")}
+    assert service & supervisor, "sanity: the supervisor holds the service's sockets"
+    assert not set(seen["sockets"].values()) & service, (seen, service)
+
+
+def test_junk_on_every_fd_fails_clearly_and_never_reaches_another_caller(make_server):
+    server = make_server().start()
+    assert server.load("hostile") == {"ok": True}
+    client = server.client()
+    reply = client.execute("junk", payload="u1-data")
+    # its own answer, or a clear failure; never the forged one
+    assert reply.get("body") != "forged"
+    if reply["statusCode"] != 200:
+        assert "compromised" in reply["error"] or "worker" in reply["error"], reply
+        assert reply["closing"] is True
+        assert not _alive(server.proc, 5), "a compromised runtime exits"
+    else:
+        assert json.loads(reply["body"]) == {"payload": "u1-data"}
+    fresh = make_server().start()
+    assert fresh.load("hostile") == {"ok": True}
+    assert json.loads(fresh.client().execute(payload="u2-data")["body"]) == {"payload": "u2-data"}
+
+
+def _own_or_failed(client: Client, payload: str) -> None:
+    try:
+        reply = client.execute("", payload=payload)
+    except (AssertionError, OSError):
+        return  # the connection closed: a failure, not someone else's answer
+    if reply["statusCode"] == 200:
+        assert json.loads(reply["body"])["payload"] == payload, reply
+    else:
+        assert reply["body"] == "" and reply["error"], reply
+
+
+def test_probe_f1_reproduction_every_caller_gets_its_own_answer(make_server):
+    """Execute `bg` (Python: forks, and the child returns; Node: a child writes on
+    the worker's fds later), then `u2-data`, `u3-data`."""
+    server = make_server().start()
+    assert server.load("hostile") == {"ok": True}
+    client = server.client()
+    reply = client.execute("", payload="bg")
+    assert reply["statusCode"] == 200 and json.loads(reply["body"]) == {"from": "parent", "payload": "bg"}, reply
+    for payload in ("u2-data", "u3-data"):
+        _own_or_failed(client, payload)
+    time.sleep(0.5)
+    for payload in ("u4-data", "u5-data"):
+        _own_or_failed(client, payload)
+
+
+def test_bytes_on_the_reply_channel_while_idle_end_the_runtime(make_server):
+    server = make_server().start()
+    assert server.load("hostile") == {"ok": True}
+    client = server.client()
+    reply = client.execute("late-junk", payload="u1")
+    assert json.loads(reply["body"])["payload"] == "u1"
+    assert not _alive(server.proc, 5), "unsolicited bytes from the worker: the supervisor exits"
+    assert client.reader.readline() == b""  # closed, nothing forged arrives
+    assert "no request was in flight" in server.output()
+
+
+def test_worker_exit_is_answered_and_ends_the_runtime(hostile, rt):
+    reply = hostile.execute("exit")
+    assert reply["statusCode"] == 500 and reply["body"] == "" and reply["closing"] is True, reply
+    assert "exited unexpectedly (exit code 3)" in reply["error"]
+    assert "before exit" in reply["logs"]  # printed before the exit: kept
+    assert not _alive(rt.proc, 5)
+
+
+@pytest.mark.parametrize("limit", [None, 1000])
+def test_response_limit(rt, limit):
+    msg = {"type": "load", "codeDir": str(rt.code_dir), "entrypoint": rt.spec["entry"]}
+    rt.write("hostile")
+    if limit is not None:
+        msg["responseMaxBytes"] = limit
+    assert rt.client().request(**msg) == {"ok": True}
+    client = rt.client()
+    limit = limit or 1048576
+    reply = client.execute("size", payload=f"a{limit}")
+    assert (reply["statusCode"], reply["error"], len(reply["body"])) == (200, "", limit)  # whole, not cut
+    for payload, size in ((f"a{limit + 1}", limit + 1), (f"\u00e9{limit // 2 + 1}", 2 * (limit // 2 + 1))):
+        reply = client.execute("size", payload=payload)
+        assert reply == {"statusCode": 500, "body": "", "logs": "", "errors": "", "error":
+                         f"Execution failed: the response body is {size} bytes; the limit is {limit} bytes "
+                         f"(FUNCTIONS_RESPONSE_MAX_BYTES)."}
+    assert client.execute(payload="after")["statusCode"] == 200  # still usable
+
+
+def test_long_error_is_cut_with_a_marker(hostile):
+    reply = hostile.execute("long-error")
+    assert reply["statusCode"] == 500
+    error = reply["error"]
+    assert len(error) <= LIMIT and error.startswith("[\u2026 ") and "earlier characters cut \u2026]\n" in error
+    assert error.rstrip().endswith("END") or "END" in error[-200:]
+
+
+def test_output_captured_at_the_fd_level(hostile):
+    reply = hostile.execute("fd-output")
+    assert reply["statusCode"] == 200, reply
+    assert reply["logs"] == "from print\nfrom os.write\nfrom-a-child\n"
+    assert reply["errors"] == "child-err\n"
+
+
+def test_non_utf8_is_replaced(hostile):
+    reply = hostile.execute("bytes")
+    assert (reply["statusCode"], reply["body"], reply["logs"]) == (200, "\ufffd ok", "\ufffd\ufffd out\n")
+
+
+def test_no_process_is_killed_outside_a_container(make_server):
+    """FUNCTIONS_RUNTIME_PID_NAMESPACE=1 alone is not enough: PID 1 is not the
+    runtime's parent here, so nothing on the host may be touched."""
+    server = make_server()
+    server.extra_env = {"FUNCTIONS_RUNTIME_PID_NAMESPACE": "1"}
+    server.start()
+    assert server.load("hostile") == {"ok": True}
+    pid = json.loads(server.client().execute("spawn-bg")["body"])["pid"]
+    try:
+        time.sleep(1.5)  # past an idle reap
+        assert Path(f"/proc/{pid}").exists()
+        assert (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) not in ("T", "Z")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# --- the service's side: server/engine/invoker.py -------------------------------
+
+class FakeRuntime:
+    """A UNIX socket server that answers the way `answer(request) -> bytes` says."""
+
+    def __init__(self, answer):
+        self.dir = tempfile.mkdtemp(prefix="fk-")
+        self.path = os.path.join(self.dir, "s")
+        self.answer, self.writers = answer, []
+
+    async def __aenter__(self):
+        import asyncio
+
+        async def handle(reader, writer):
+            self.writers.append(writer)
+            while line := await reader.readline():
+                data = self.answer(json.loads(line))
+                if data:
+                    writer.write(data)
+
+        self.server = await asyncio.start_unix_server(handle, self.path)
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _run(coro):
+    import asyncio
+
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_invoker_request_ids_are_fresh_and_checked():
+    from server.engine.invoker import RuntimeCompromised, RuntimeConnection
+
+    seen = []
+
+    def echo(req):
+        seen.append(req["id"])
+        return json.dumps({"id": req["id"], "ok": True}).encode() + b"\n"
+
+    async def scenario():
+        async with FakeRuntime(echo) as fake:
+            conn = await RuntimeConnection.open(fake.path)
+            for _ in range(3):
+                await conn.ping(5)
+            assert len(set(seen)) == 3 and all(len(i) > 16 for i in seen)
+            conn.close()
+        for bad in ({"id": "someone-else", "ok": True}, {"ok": True}):
+            async with FakeRuntime(lambda req, bad=bad: json.dumps(bad).encode() + b"\n") as fake:
+                conn = await RuntimeConnection.open(fake.path)
+                with pytest.raises(RuntimeCompromised, match="compromised"):
+                    await conn.ping(5)
+                assert conn.at_eof()
+                with pytest.raises(RuntimeCompromised):
+                    await conn.execute("x", {}, {}, 5)
+
+    _run(scenario())
+
+
+def test_invoker_unsolicited_bytes_mark_an_idle_connection_compromised():
+    import asyncio
+
+    from server.engine.invoker import RuntimeCompromised, RuntimeConnection
+
+    def twice(req):  # the reply, then a second one (a forked runtime)
+        line = json.dumps({"id": req["id"], "ok": True}).encode() + b"\n"
+        return line + line
+
+    async def scenario():
+        async with FakeRuntime(lambda req: json.dumps({"id": req["id"], "ok": True}).encode() + b"\n") as fake:
+            conn = await RuntimeConnection.open(fake.path)
+            await conn.ping(5)
+            assert not conn.at_eof()
+            fake.writers[0].write(b'{"id":"guess","statusCode":200,"body":"forged"}\n')  # while idle
+            for _ in range(200):
+                if conn.at_eof():
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.at_eof() and "no request was in flight" in conn.compromised
+            with pytest.raises(RuntimeCompromised):
+                await conn.execute("x", {}, {}, 5)
+        async with FakeRuntime(twice) as fake:
+            conn = await RuntimeConnection.open(fake.path)
+            with pytest.raises(RuntimeCompromised, match="more than one reply"):
+                await conn.ping(5)
+            assert conn.at_eof()
+
+    _run(scenario())
+
+
+def test_invoker_against_the_runtimes(make_server):
+    """The real runtime through RuntimeConnection: load with response_max_bytes,
+    over and under the limit, a closing reply, and the reply limit."""
+    from server.engine.invoker import MAX_REPLY_BYTES, RuntimeConnection, reply_limit
+
+    assert reply_limit(1048576) == MAX_REPLY_BYTES >= 6 * 1048576
+    server = make_server().start()
+    server.write("hostile")
+
+    async def scenario():
+        conn = await RuntimeConnection.open(server.socket_path)
+        await conn.ping(5)
+        assert await conn.load(str(server.code_dir), server.spec["entry"], 10, response_max_bytes=2_000_000) is None
+        body = "\x01" * 2_000_000  # 12 MB as JSON: a legal reply is never refused
+        reply = await conn.execute("\x01" + "2000000", {}, {"x-action": "size"}, 20)
+        assert (reply["statusCode"], reply["body"] == body) == (200, True)
+        reply = await conn.execute("a2000001", {}, {"x-action": "size"}, 20)
+        assert reply["statusCode"] == 500 and "2000001 bytes; the limit is 2000000 bytes" in reply["error"]
+        assert not conn.at_eof()
+        reply = await conn.execute("", {}, {"x-action": "exit"}, 20)
+        assert reply["statusCode"] == 500 and "exit code 3" in reply["error"]
+        assert conn.at_eof()  # "closing": never reused
+        conn.close()
+
+    _run(scenario())

@@ -5,75 +5,92 @@
  * Runs inside a function container as `node /opt/functions-runtime/server.js`
  * and executes the user's code on request from the service.
  *
- * Transport: a UNIX stream socket at $FUNCTIONS_RUNTIME_SOCKET (a stale one is
- * removed first; the socket is made mode 0666). Newline-delimited JSON: one
- * request line, one response line; a connection may carry many requests in
- * sequence and several connections may be open. All requests go through one
- * queue, so executions are sequential.
+ * Two processes:
+ *   - the supervisor (the process the container starts) listens on
+ *     $FUNCTIONS_RUNTIME_SOCKET and talks to the service;
+ *   - the worker (`server.js --worker`, spawned by the supervisor at once)
+ *     loads and runs the user's code. It never holds the service's socket or a
+ *     connection: requests arrive on its fd 3, replies leave on its fd 4, its
+ *     stdout and stderr are channels the supervisor reads all the time (so
+ *     output is captured at the file-descriptor level: console.*, native
+ *     addons, child processes), and its stdin is /dev/null.
  *
- *   {"type":"ping"}
- *       -> {"ok":true,"runtime":"node","pid":N}
- *   {"type":"load","codeDir":"/code","entrypoint":"src/index.js"}
- *       -> {"ok":true} | {"ok":false,"error":"..."}
+ * Transport: a UNIX stream socket at $FUNCTIONS_RUNTIME_SOCKET (a stale one is
+ * removed first; the socket is created mode 0600, owned by the sandbox user;
+ * the service connects as root). Newline-delimited JSON: one request line, one
+ * response line; a connection may carry many requests in sequence and several
+ * connections may be open. All requests go through one queue, so executions
+ * are sequential. A request may carry "id" (any JSON value): the reply echoes it.
+ *
+ *   {"id":..,"type":"ping"}
+ *       -> {"id":..,"ok":true,"runtime":"node","pid":N}   (N: the supervisor)
+ *   {"id":..,"type":"load","codeDir":"/code","entrypoint":"src/index.js","responseMaxBytes":1048576}
+ *       -> {"id":..,"ok":true} | {"id":..,"ok":false,"error":"..."}
  *       Once per container. require()s the entrypoint (node_modules resolve
  *       from the code dir as usual; ES modules fall back to import()). The
  *       export must be a function: module.exports, or a default export.
- *   {"type":"execute","payload":"...","env":{...},"headers":{...}}
- *       -> {"statusCode":int,"body":str,"logs":str,"errors":str,"error":str}
+ *       responseMaxBytes (default 1048576) bounds the response body.
+ *   {"id":..,"type":"execute","payload":"...","env":{...},"headers":{...}}
+ *       -> {"id":..,"statusCode":int,"body":str,"logs":str,"errors":str,"error":str}
  *       Awaits fn(req, res) (Appwrite 0.13 contract: req.payload/env/headers;
  *       res.send(text, status=200) / res.json(obj, status=200), first call
- *       wins). Output written during the call to process.stdout (console.log/
- *       info/debug) goes to logs, to process.stderr (console.error/warn) to
- *       errors. process.env is overlaid with env for the call, then restored.
- *       logs, errors and body are cut to their last 16384 characters.
- *   anything else -> {"ok":false,"error":"..."}
+ *       wins). Output written during the call to fd 1 (console.log/info/debug)
+ *       goes to logs, to fd 2 (console.error/warn) to errors. process.env is
+ *       overlaid with env for the call, then restored. The body is returned
+ *       whole; a body over responseMaxBytes UTF-8 bytes fails the execution
+ *       (500, body "", error says so). logs, errors and error keep their last
+ *       part: at most 16384 characters including a first line
+ *       "[… N earlier characters cut …]" when something was cut.
+ *   anything else -> {"id":..,"ok":false,"error":"..."}
+ *
+ * The container is compromised when the worker answers with a wrong id,
+ * writes anything on its reply channel while no request is in flight, or
+ * dies: the supervisor then answers the pending request (if any) with an
+ * error and "closing":true, and exits (closing every connection), so the
+ * service discards the container. (A worker killed by SIGKILL, e.g. by the
+ * kernel's OOM killer, is not answered for: the supervisor exits 137 and the
+ * service finds out why.)
+ *
+ * Processes an execution leaves behind are killed, but only when the
+ * supervisor is certain to be alone in its container's PID namespace:
+ * FUNCTIONS_RUNTIME_PID_NAMESPACE=1, PID 1 is docker-init or tini, and PID 1
+ * is the supervisor's parent. Then, after each load and execution and before
+ * answering, every process but PID 1, the supervisor and the worker is stopped
+ * (SIGSTOP until none runs) and killed, and the same is done every second
+ * while idle. If they cannot be killed in time, the container counts as
+ * compromised.
  */
 
 const fs = require('fs');
 const net = require('net');
 const path = require('path');
 const url = require('url');
+const crypto = require('crypto');
+const childProcess = require('child_process');
 const { StringDecoder } = require('string_decoder');
 
 const LIMIT = 16384;
+const DEFAULT_RESPONSE_MAX = 1048576;
 const MAX_LINE = 64 * 1024 * 1024;
+const IDLE_REAP_MS = 1000;
+const REQUEST_FD = 3;
+const REPLY_FD = 4;
 
-let fn = null; // the user's function once loaded
-let capture = null; // {stdout: Sink, stderr: Sink} while an execution runs
+function cutMark(n) { return `[\u2026 ${n} earlier characters cut \u2026]\n`; }
 
-function tail(text) {
-  if (text.length <= LIMIT) return text;
-  const cut = text.slice(-LIMIT);
-  const c = cut.charCodeAt(0);
-  return c >= 0xdc00 && c <= 0xdfff ? cut.slice(1) : cut; // no half surrogate pair
-}
-
-class Sink {
-  constructor() { this.text = ''; this.decoder = new StringDecoder('utf8'); }
-  add(chunk, encoding) {
-    if (typeof chunk === 'string') {
-      if (encoding && encoding !== 'utf8' && encoding !== 'utf-8') chunk = Buffer.from(chunk, encoding).toString('utf8');
-    } else {
-      chunk = this.decoder.write(Buffer.from(chunk.buffer || chunk, chunk.byteOffset || 0, chunk.byteLength));
-    }
-    this.text += chunk;
-    if (this.text.length > 4 * LIMIT) this.text = tail(this.text); // bound memory
+// The last part of `text` (whose full length was `total`): at most LIMIT
+// characters including a first line that says how much was cut.
+function cut(text, total = text.length) {
+  if (total <= LIMIT) return text;
+  const base = cutMark(0).length - 1;
+  let keep = LIMIT - base - String(total).length; // never too long
+  for (let digits = 1; digits <= 20; digits++) {
+    if (String(total - (LIMIT - base - digits)).length === digits) { keep = LIMIT - base - digits; break; }
   }
-  done() { return tail(this.text + this.decoder.end()); }
-}
-
-// Route process.stdout/stderr writes (which is what console.* uses) into the
-// current execution's sinks; outside executions they go to the real streams.
-for (const name of ['stdout', 'stderr']) {
-  const stream = process[name];
-  const real = stream.write;
-  stream.write = function write(chunk, encoding, cb) {
-    if (!capture) return real.apply(stream, arguments);
-    if (typeof encoding === 'function') { cb = encoding; encoding = undefined; }
-    capture[name].add(chunk, encoding);
-    if (typeof cb === 'function') process.nextTick(cb);
-    return true;
-  };
+  let kept = text.slice(-keep);
+  const c = kept.charCodeAt(0);
+  if (c >= 0xdc00 && c <= 0xdfff) kept = kept.slice(1); // no half surrogate pair
+  return cutMark(total - kept.length) + kept;
 }
 
 function errorText(e) { // the stack without this server's own frames
@@ -83,6 +100,24 @@ function errorText(e) { // the stack without this server's own frames
   }
   try { return typeof e === 'string' ? e : `Thrown value: ${JSON.stringify(e)}`; } catch (_) { return String(e); }
 }
+
+function writeAllSync(fd, data) {
+  let off = 0;
+  for (let spins = 0; off < data.length;) {
+    try {
+      off += fs.writeSync(fd, data, off, data.length - off);
+    } catch (e) {
+      if (e.code !== 'EAGAIN' || ++spins > 100000) throw e;
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------
+ * The worker: loads and runs the user's code.
+ * --------------------------------------------------------------------- */
+
+let fn = null; // the user's function once loaded
+let responseMax = DEFAULT_RESPONSE_MAX;
 
 function toStatus(status) {
   const n = Number(status === undefined ? 200 : status);
@@ -103,6 +138,7 @@ function pickExport(mod) {
 
 async function load(msg) {
   if (fn) return { ok: false, error: 'code already loaded' };
+  if (Number.isInteger(msg.responseMaxBytes) && msg.responseMaxBytes >= 0) responseMax = msg.responseMaxBytes;
   const codeDir = path.resolve(String(msg.codeDir || '/code'));
   const entry = path.normalize(String(msg.entrypoint || 'index.js'));
   if (entry.startsWith('..') || path.isAbsolute(entry)) {
@@ -117,12 +153,12 @@ async function load(msg) {
     mod = require(file);
   } catch (e) {
     if (!e || !['ERR_REQUIRE_ESM', 'ERR_REQUIRE_ASYNC_MODULE'].includes(e.code)) {
-      return { ok: false, error: `failed to load ${entry}:\n${errorText(e)}` };
+      return { ok: false, error: cut(`failed to load ${entry}:\n${errorText(e)}`) };
     }
     try {
       mod = await import(url.pathToFileURL(file).href);
     } catch (e2) {
-      return { ok: false, error: `failed to load ${entry}:\n${errorText(e2)}` };
+      return { ok: false, error: cut(`failed to load ${entry}:\n${errorText(e2)}`) };
     }
   }
   const f = pickExport(mod);
@@ -134,7 +170,7 @@ async function load(msg) {
 }
 
 async function execute(msg) {
-  if (!fn) return { statusCode: 500, body: '', logs: '', errors: '', error: 'no code loaded' };
+  if (!fn) return { statusCode: 500, body: '', error: 'no code loaded' };
   const payload = typeof msg.payload === 'string' ? msg.payload : msg.payload == null ? '' : JSON.stringify(msg.payload);
   const env = msg.env && typeof msg.env === 'object' ? msg.env : {};
   const headers = msg.headers && typeof msg.headers === 'object' ? msg.headers : {};
@@ -160,94 +196,400 @@ async function execute(msg) {
       if (!response) response = { statusCode, body: body === undefined ? '' : body };
     },
   };
-  const sinks = { stdout: new Sink(), stderr: new Sink() };
-  capture = sinks;
   let error = '';
   try {
     await fn({ payload, env, headers }, res);
     if (!response) error = 'Function finished without responding: call res.send(...) or res.json(...)';
   } catch (e) {
-    if (response) sinks.stderr.add(`${errorText(e)}\n`); // already answered: first call wins
+    if (response) process.stderr.write(`${errorText(e)}\n`); // already answered: first call wins
     else error = errorText(e);
   } finally {
-    capture = null;
     for (const [k, v] of saved) {
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }
   }
   const out = error ? { statusCode: 500, body: '' } : response;
-  return { statusCode: out.statusCode, body: tail(out.body), logs: sinks.stdout.done(), errors: sinks.stderr.done(), error: tail(error) };
+  let body = out.body;
+  if (/[\ud800-\udfff]/.test(body)) body = Buffer.from(body, 'utf8').toString('utf8'); // lone surrogates replaced
+  const size = body.length * 3 > responseMax ? Buffer.byteLength(body, 'utf8') : 0;
+  if (size > responseMax) {
+    return {
+      statusCode: 500, body: '',
+      error: `Execution failed: the response body is ${size} bytes; the limit is ${responseMax} bytes (FUNCTIONS_RESPONSE_MAX_BYTES).`,
+    };
+  }
+  return { statusCode: out.statusCode, body, error: cut(error) };
 }
 
-async function handle(line) {
-  let msg;
+function flushed(stream) { // resolves once everything written so far reached the fd
+  return new Promise((resolve) => {
+    if (!stream || stream.destroyed || !stream.writable) return resolve();
+    const timer = setTimeout(resolve, 5000);
+    try {
+      stream.write('', () => { clearTimeout(timer); resolve(); });
+    } catch (_) { clearTimeout(timer); resolve(); }
+  });
+}
+
+async function workerHandle(msg) {
   try {
-    msg = JSON.parse(line);
+    if (msg.type === 'execute') return await execute(msg);
+    if (msg.type === 'load') return await load(msg);
+    return { ok: false, error: `unknown message type: ${JSON.stringify(msg.type)}` };
   } catch (e) {
-    return { ok: false, error: `invalid JSON: ${e.message}` };
-  }
-  const type = msg && typeof msg === 'object' ? msg.type : undefined;
-  try {
-    if (type === 'execute') return await execute(msg);
-    if (type === 'ping') return { ok: true, runtime: 'node', pid: process.pid };
-    if (type === 'load') return await load(msg);
-    return { ok: false, error: `unknown message type: ${JSON.stringify(type)}` };
-  } catch (e) { // a bug here must not kill the container
     return { ok: false, error: `runtime error: ${errorText(e)}` };
   }
 }
 
-let queue = Promise.resolve(); // one request at a time, across connections
-
-function onConnection(conn) {
+function workerMain() {
+  // Stray errors from user code (timers, unawaited promises) must not kill
+  // the worker; they are reported on stderr (captured during executions).
+  process.on('uncaughtException', (e) => process.stderr.write(`Uncaught exception: ${errorText(e)}\n`));
+  process.on('unhandledRejection', (e) => process.stderr.write(`Unhandled rejection: ${errorText(e)}\n`));
+  const requests = new net.Socket({ fd: REQUEST_FD, readable: true, writable: false });
+  requests.setEncoding('utf8');
+  requests.on('end', () => process.exit(0)); // the supervisor went away
+  requests.on('error', () => process.exit(0));
   let buffer = '';
-  conn.setEncoding('utf8');
-  conn.on('error', () => conn.destroy());
-  conn.on('data', (chunk) => {
+  let queue = Promise.resolve();
+  requests.on('data', (chunk) => {
     buffer += chunk;
     let nl;
     while ((nl = buffer.indexOf('\n')) >= 0) {
       const line = buffer.slice(0, nl);
       buffer = buffer.slice(nl + 1);
-      if (!line.trim()) continue;
-      queue = queue.then(() => handle(line)).then((out) => {
-        if (!conn.destroyed) conn.write(`${JSON.stringify(out)}\n`);
-      }).catch(() => { /* keep the queue alive */ });
-    }
-    if (buffer.length > MAX_LINE) {
-      conn.end('{"ok":false,"error":"request line too long"}\n');
-      buffer = '';
+      queue = queue.then(async () => {
+        let msg = {};
+        let out;
+        try {
+          msg = JSON.parse(line);
+          out = await workerHandle(msg);
+        } catch (e) {
+          out = { ok: false, error: `runtime error: ${errorText(e)}` };
+        }
+        await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+        out.id = msg && msg.id !== undefined ? msg.id : null;
+        writeAllSync(REPLY_FD, Buffer.from(`${JSON.stringify(out)}\n`, 'utf8'));
+      }).catch((e) => {
+        try { process.stderr.write(`worker error: ${errorText(e)}\n`); } catch (_) { /* gone */ }
+        process.exit(70);
+      });
     }
   });
 }
 
+/* ------------------------------------------------------------------------
+ * The supervisor: the service's socket, the worker, stray processes.
+ * --------------------------------------------------------------------- */
+
+class OutputTail { // the bounded tail of one of the worker's output channels
+  constructor() { this.text = ''; this.total = 0; this.decoder = new StringDecoder('utf8'); }
+  add(chunk) {
+    const s = this.decoder.write(chunk);
+    this.total += s.length;
+    this.text += s;
+    if (this.text.length > 4 * LIMIT) this.text = this.text.slice(-LIMIT); // bounded memory
+  }
+  done() {
+    const rest = this.decoder.end();
+    this.total += rest.length;
+    return cut(this.text + rest, this.total);
+  }
+}
+
+function inOwnPidNamespace() { // certain to be alone in the container's PID namespace (else never kill)
+  if (process.env.FUNCTIONS_RUNTIME_PID_NAMESPACE !== '1' || process.ppid !== 1) return false;
+  try {
+    return ['docker-init', 'tini'].includes(fs.readFileSync('/proc/1/comm', 'utf8').trim());
+  } catch (_) {
+    return false;
+  }
+}
+
+function procState(pid) {
+  let stat;
+  try { stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1'); } catch (_) { return null; }
+  return stat.charAt(stat.lastIndexOf(')') + 2);
+}
+
+const DEAD = new Set([null, 'Z', 'X', 'x']);
+const STOPPED = new Set([...DEAD, 'T', 't']);
+
+function signal(pid, sig) {
+  if (!Number.isInteger(pid) || pid <= 1) return; // never 0, -1 (every process) or init
+  try { process.kill(pid, sig); } catch (_) { /* gone, or not ours */ }
+}
+
+function sleepSync(ms) { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms); }
+
+class Reaper { // kills every process of the container but PID 1, the supervisor and the worker
+  constructor(enabled) { this.enabled = enabled; }
+  others(exempt) {
+    return fs.readdirSync('/proc').filter((n) => n.charCodeAt(0) <= 57 && /^\d+$/.test(n)).map(Number).filter((p) => !exempt.has(p));
+  }
+  reap(workerPid) { // true when nothing is left (always true when disabled)
+    if (!this.enabled) return true;
+    const exempt = new Set([1, process.pid]);
+    if (Number.isInteger(workerPid) && workerPid > 1) exempt.add(workerPid);
+    else workerPid = null;
+    if (!this.others(exempt).some((p) => !DEAD.has(procState(p)))) return true; // the usual case: one listing
+    const deadline = Date.now() + 3000;
+    if (workerPid) signal(workerPid, 'SIGSTOP'); // it may be spawning more
+    try {
+      for (let round = 0; round < 1000; round++) { // stop them all: stopped processes cannot fork
+        let running = 0;
+        for (const pid of this.others(exempt)) {
+          if (!STOPPED.has(procState(pid))) { running++; signal(pid, 'SIGSTOP'); }
+        }
+        if (!running || Date.now() > deadline) break;
+      }
+      for (let attempt = 0; attempt < 3; attempt++) {
+        let left = this.others(exempt).filter((p) => !DEAD.has(procState(p)));
+        for (const pid of left) signal(pid, 'SIGKILL');
+        for (let i = 0; i < 100 && left.length; i++) {
+          left = left.filter((p) => !DEAD.has(procState(p)));
+          if (left.length) sleepSync(5);
+        }
+        if (!left.length && !this.others(exempt).some((p) => !DEAD.has(procState(p)))) return true;
+        if (Date.now() > deadline) break;
+      }
+      return false;
+    } finally {
+      if (workerPid) signal(workerPid, 'SIGCONT');
+    }
+  }
+}
+
+class Supervisor {
+  constructor(socketPath) {
+    this.socketPath = socketPath;
+    this.container = inOwnPidNamespace();
+    this.reaper = new Reaper(this.container);
+    this.seq = 0;
+    this.pending = null; // {conn, msg, wid, resolve, out, err}
+    this.replyBuf = '';
+    this.responseMax = DEFAULT_RESPONSE_MAX;
+    this.exiting = false;
+    this.conns = new Set();
+    this.queue = Promise.resolve(); // one request at a time, across connections
+    this.startWorker();
+  }
+
+  startWorker() {
+    const env = { ...process.env };
+    delete env.FUNCTIONS_RUNTIME_SOCKET;
+    delete env.FUNCTIONS_RUNTIME_PID_NAMESPACE;
+    const w = childProcess.spawn(process.execPath, [...process.execArgv, __filename, '--worker'], {
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'], env,
+    });
+    this.worker = w;
+    this.workerExit = null;
+    w.stdout.on('data', (chunk) => { if (this.pending) this.pending.out.add(chunk); });
+    w.stderr.on('data', (chunk) => { if (this.pending) this.pending.err.add(chunk); });
+    for (const s of [w.stdout, w.stderr, w.stdio[REQUEST_FD], w.stdio[REPLY_FD]]) s.on('error', () => {});
+    const replies = w.stdio[REPLY_FD];
+    replies.setEncoding('utf8');
+    replies.on('data', (chunk) => this.onReply(chunk));
+    replies.on('end', () => {
+      if (this.workerExit) return;
+      setTimeout(() => { if (!this.workerExit) this.compromised('the worker closed its reply channel'); }, 2000).unref();
+    });
+    w.on('exit', (code, sig) => {
+      this.workerExit = { code, sig };
+      if (this.exiting) return;
+      if (sig === 'SIGKILL') { this.exit(137); return; } // likely the OOM killer: the service finds out
+      this.compromised(`the runtime exited unexpectedly (${sig ? `killed by signal ${sig}` : `exit code ${code}`})`);
+    });
+    w.on('error', (e) => this.compromised(`the worker could not start: ${e.message}`));
+  }
+
+  drain(stream, tail) { // what the worker wrote so far and the loop has not read yet (non-blocking)
+    const fd = stream && stream._handle && stream._handle.fd;
+    if (!Number.isInteger(fd) || fd < 0) return;
+    const buf = Buffer.allocUnsafe(65536);
+    for (let i = 0; i < 100000; i++) {
+      let n;
+      try { n = fs.readSync(fd, buf, 0, buf.length, null); } catch (_) { return; }
+      if (!n) return;
+      if (tail) tail.add(buf.subarray(0, n));
+    }
+  }
+
+  onReply(chunk) {
+    if (!this.pending || this.pending.done) {
+      this.compromised('the worker wrote on its reply channel while no request was in flight');
+      return;
+    }
+    this.replyBuf += chunk;
+    const nl = this.replyBuf.indexOf('\n');
+    if (nl < 0) {
+      if (this.replyBuf.length > 6 * this.responseMax + 8 * 6 * LIMIT) this.compromised("the worker's reply is too long");
+      return;
+    }
+    const line = this.replyBuf.slice(0, nl);
+    if (this.replyBuf.length > nl + 1) { this.compromised('the worker wrote more than one reply'); return; }
+    this.replyBuf = '';
+    let reply;
+    try { reply = JSON.parse(line); } catch (_) {
+      this.compromised(`the worker's reply is not JSON: ${JSON.stringify(line.slice(0, 200))}`);
+      return;
+    }
+    if (!reply || typeof reply !== 'object' || reply.id !== this.pending.wid) {
+      this.compromised("the worker's reply has the wrong request id");
+      return;
+    }
+    delete reply.id;
+    this.finish(reply);
+  }
+
+  finish(reply) {
+    const p = this.pending;
+    p.done = true;
+    this.drain(this.worker.stdout, p.out);
+    this.drain(this.worker.stderr, p.err);
+    let out = reply;
+    if (p.msg.type === 'execute') {
+      out = { statusCode: reply.statusCode === undefined ? 500 : reply.statusCode, body: reply.body || '',
+        logs: p.out.done(), errors: p.err.done(), error: reply.error || '' };
+    } else if (p.msg.type === 'load' && reply.ok === true
+               && Number.isInteger(p.msg.responseMaxBytes) && p.msg.responseMaxBytes >= 0) {
+      this.responseMax = p.msg.responseMaxBytes;
+    }
+    const clean = this.reaper.reap(this.worker.pid);
+    this.lastReap = Date.now();
+    this.pending = null;
+    if (!clean) {
+      this.answer(p.conn, p.msg, { ...out, closing: true });
+      this.compromised('processes started by the function could not be stopped');
+    } else {
+      this.answer(p.conn, p.msg, out);
+    }
+    p.resolve();
+  }
+
+  compromised(reason) { // answer what is pending, then exit
+    if (this.exiting) return;
+    const p = this.pending;
+    this.pending = null;
+    if (p && !p.done) {
+      p.done = true;
+      this.drain(this.worker.stdout, p.out);
+      this.drain(this.worker.stderr, p.err);
+      const error = `Execution failed: ${reason}; the container is discarded.`;
+      const out = p.msg.type === 'execute'
+        ? { statusCode: 500, body: '', logs: p.out.done(), errors: p.err.done(), error, closing: true }
+        : { ok: false, error, closing: true };
+      this.answer(p.conn, p.msg, out);
+    }
+    try { process.stderr.write(`functions-runtime: ${reason}; exiting\n`); } catch (_) { /* gone */ }
+    this.exit(1);
+  }
+
+  exit(code) {
+    if (this.exiting) return;
+    this.exiting = true;
+    try { this.worker.kill('SIGKILL'); } catch (_) { /* gone */ }
+    this.reaper.reap(null);
+    try { fs.unlinkSync(this.socketPath); } catch (_) { /* gone, or not ours */ }
+    let left = this.conns.size;
+    const done = () => process.exit(code);
+    if (!left) done();
+    for (const conn of this.conns) conn.end(() => { if (--left === 0) done(); });
+    setTimeout(done, 1000).unref();
+  }
+
+  answer(conn, msg, reply) {
+    if (msg && typeof msg === 'object' && 'id' in msg) reply.id = msg.id;
+    if (!conn.destroyed) conn.write(`${JSON.stringify(reply)}\n`);
+  }
+
+  toWorker(conn, msg) {
+    let wid = msg.id;
+    if (typeof wid !== 'string' || !wid) wid = `s${++this.seq}-${crypto.randomBytes(8).toString('hex')}`;
+    return new Promise((resolve) => {
+      if (this.exiting) { resolve(); return; }
+      // (output that arrived while idle was dropped by the 'data' handlers)
+      this.pending = { conn, msg, wid, resolve, out: new OutputTail(), err: new OutputTail(), done: false };
+      this.replyBuf = '';
+      this.worker.stdio[REQUEST_FD].write(`${JSON.stringify({ ...msg, id: wid })}\n`);
+    });
+  }
+
+  async handle(conn, line) {
+    let msg;
+    try {
+      msg = JSON.parse(line);
+    } catch (e) {
+      this.answer(conn, null, { ok: false, error: `invalid JSON: ${e.message}` });
+      return;
+    }
+    const type = msg && typeof msg === 'object' ? msg.type : undefined;
+    if (type === 'execute' || type === 'load') await this.toWorker(conn, msg);
+    else if (type === 'ping') this.answer(conn, msg, { ok: true, runtime: 'node', pid: process.pid });
+    else this.answer(conn, msg, { ok: false, error: `unknown message type: ${JSON.stringify(type)}` });
+  }
+
+  onConnection(conn) {
+    this.conns.add(conn);
+    conn.on('close', () => this.conns.delete(conn));
+    if (this.exiting) { conn.destroy(); return; }
+    let buffer = '';
+    conn.setEncoding('utf8');
+    conn.on('error', () => conn.destroy());
+    conn.on('data', (chunk) => {
+      buffer += chunk;
+      let nl;
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        const line = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        if (!line.trim()) continue;
+        this.queue = this.queue.then(() => (conn.destroyed ? null : this.handle(conn, line)))
+          .catch((e) => this.compromised(`supervisor error: ${errorText(e)}`));
+      }
+      if (buffer.length > MAX_LINE) {
+        conn.end('{"ok":false,"error":"request line too long"}\n');
+        buffer = '';
+      }
+    });
+  }
+
+  listen() {
+    try { fs.unlinkSync(this.socketPath); } catch (_) { /* no stale socket */ }
+    const server = net.createServer((conn) => this.onConnection(conn));
+    server.on('error', (e) => {
+      process.stderr.write(`cannot listen on ${this.socketPath}: ${e.message}\n`);
+      this.exit(1);
+    });
+    const old = process.umask(0o177); // created 0600: no window with a wider mode
+    server.listen(this.socketPath, () => {
+      process.stderr.write(`functions-runtime node ${process.version} listening on ${this.socketPath}\n`);
+    });
+    process.umask(old); // bind(2) ran synchronously inside listen()
+    if (this.container) {
+      this.lastReap = Date.now();
+      setInterval(() => {
+        if (this.pending || this.exiting || Date.now() - this.lastReap < IDLE_REAP_MS) return;
+        this.lastReap = Date.now();
+        if (!this.reaper.reap(this.worker.pid)) this.compromised('processes started by the function could not be stopped');
+      }, IDLE_REAP_MS).unref();
+    }
+  }
+}
+
 function main() {
+  if (process.argv[2] === '--worker') { workerMain(); return; }
   const socketPath = process.env.FUNCTIONS_RUNTIME_SOCKET;
   if (!socketPath) {
     process.stderr.write('FUNCTIONS_RUNTIME_SOCKET is not set\n');
     process.exit(1);
   }
-  const stop = () => {
-    try { fs.unlinkSync(socketPath); } catch (_) { /* gone */ }
-    process.exit(0);
-  };
+  const supervisor = new Supervisor(socketPath);
+  const stop = () => supervisor.exit(0);
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
-  // Stray errors from user code (timers, unawaited promises) must not kill
-  // the container; they are reported on stderr (captured during executions).
-  process.on('uncaughtException', (e) => process.stderr.write(`Uncaught exception: ${errorText(e)}\n`));
-  process.on('unhandledRejection', (e) => process.stderr.write(`Unhandled rejection: ${errorText(e)}\n`));
-  try { fs.unlinkSync(socketPath); } catch (_) { /* no stale socket */ }
-  const server = net.createServer(onConnection);
-  server.on('error', (e) => {
-    process.stderr.write(`cannot listen on ${socketPath}: ${e.message}\n`);
-    process.exit(1);
-  });
-  server.listen(socketPath, () => {
-    fs.chmodSync(socketPath, 0o666);
-    process.stderr.write(`functions-runtime node ${process.version} listening on ${socketPath}\n`);
-  });
+  process.on('uncaughtException', (e) => supervisor.compromised(`supervisor error: ${errorText(e)}`));
+  supervisor.listen();
 }
 
 main();

@@ -3,113 +3,131 @@
 Runs inside a function container as `python3 /opt/functions-runtime/server.py`
 and executes the user's code on request from the service.
 
-Transport: a UNIX stream socket at $FUNCTIONS_RUNTIME_SOCKET (a stale one is
-removed first; the socket is made mode 0666). Newline-delimited JSON: one
-request line, one response line; a connection may carry many requests in
-sequence and several connections may be open. Requests are handled one at a
-time, so executions are sequential.
+Two processes:
+  - the supervisor (the process the container starts) listens on
+    $FUNCTIONS_RUNTIME_SOCKET and talks to the service;
+  - the worker (`server.py --worker R W`, started by the supervisor at once)
+    loads and runs the user's code. It never holds the service's socket or a
+    connection: it gets requests on pipe R, answers on pipe W, its stdout and
+    stderr are pipes the supervisor reads all the time (so output is captured
+    at the file-descriptor level: print, C extensions, child processes), and
+    its stdin is /dev/null.
 
-  {"type":"ping"}
-      -> {"ok":true,"runtime":"python","pid":N}
-  {"type":"load","codeDir":"/code","entrypoint":"src/index.py"}
-      -> {"ok":true} | {"ok":false,"error":"..."}
+Transport: a UNIX stream socket at $FUNCTIONS_RUNTIME_SOCKET (a stale one is
+removed first; the socket is created mode 0600, owned by the sandbox user; the
+service connects as root). Newline-delimited JSON: one request line, one
+response line; a connection may carry many requests in sequence and several
+connections may be open. Requests are handled one at a time, so executions are
+sequential. A request may carry "id" (any JSON value): the reply echoes it.
+
+  {"id":..,"type":"ping"}
+      -> {"id":..,"ok":true,"runtime":"python","pid":N}   (N: the supervisor)
+  {"id":..,"type":"load","codeDir":"/code","entrypoint":"src/index.py","responseMaxBytes":1048576}
+      -> {"id":..,"ok":true} | {"id":..,"ok":false,"error":"..."}
       Once per container. Puts codeDir, <codeDir>/.deps (pip --target) and the
       entrypoint's directory on sys.path, imports the entrypoint by file (as
       `userlib.<dotted path>` so relative imports work) and requires `main`.
-  {"type":"execute","payload":"...","env":{...},"headers":{...}}
-      -> {"statusCode":int,"body":str,"logs":str,"errors":str,"error":str}
+      responseMaxBytes (default 1048576) bounds the response body.
+  {"id":..,"type":"execute","payload":"...","env":{...},"headers":{...}}
+      -> {"id":..,"statusCode":int,"body":str,"logs":str,"errors":str,"error":str}
       Calls main(req, res) (Appwrite 0.13 contract: req.payload/env/headers;
       res.send(text, status=200) / res.json(obj, status=200) return a response
       that main returns; if main returns None the last one made is used).
-      Output printed during the call goes to logs (stdout) / errors (stderr).
+      Output written during the call to fd 1 goes to logs, to fd 2 to errors.
       os.environ is overlaid with env for the call and restored afterwards.
-      logs, errors and body are cut to their last 16384 characters.
-  anything else -> {"ok":false,"error":"..."}
+      The body is returned whole; a body over responseMaxBytes UTF-8 bytes
+      fails the execution (500, body "", error says so). logs, errors and
+      error keep their last part: at most 16384 characters including a first
+      line "[… N earlier characters cut …]" when something was cut.
+  anything else -> {"id":..,"ok":false,"error":"..."}
+
+The container is compromised when the worker answers with a wrong id, writes
+anything on its reply pipe while no request is in flight, or dies: the
+supervisor then answers the pending request (if any) with an error and
+"closing":true, and exits (closing every connection), so the service discards
+the container. (A worker killed by SIGKILL, e.g. by the kernel's OOM killer, is
+not answered for: the supervisor exits 137 and the service finds out why.)
+
+Processes an execution leaves behind are killed, but only when the supervisor
+is certain to be alone in its container's PID namespace:
+FUNCTIONS_RUNTIME_PID_NAMESPACE=1, PID 1 is docker-init or tini, and PID 1 is
+the supervisor's parent. Then, after each load and execution and before
+answering, every process but PID 1, the supervisor and the worker is stopped
+(SIGSTOP until none runs) and killed, and the same is done every second while
+idle. If they cannot be killed in time, the container counts as compromised.
 """
 
 import codecs
 import importlib
 import importlib.util
-import io
+import itertools
 import json
 import os
+import secrets
 import selectors
 import signal
 import socket
+import struct
+import subprocess
 import sys
+import time
 import traceback
 
 LIMIT = 16384
+DEFAULT_RESPONSE_MAX = 1048576
 MAX_LINE = 64 * 1024 * 1024
+CUT_MARK = "[\u2026 %d earlier characters cut \u2026]\n"
+IDLE_REAP = 1.0  # seconds between reaps while idle
 sys.dont_write_bytecode = True  # code dirs are read-only; don't even try
 
 
-class Capture(io.TextIOBase):
-    """Stands in for sys.stdout/sys.stderr for the whole process life: text is
-    collected while an execution runs, and passed to the real stream otherwise
-    (so loggers bound to sys.stderr at import time are captured too)."""
-
-    def __init__(self, real):
-        self.real, self.parts, self.size = real, None, 0
-        self.buffer = _BinaryCapture(self)
-
-    def start(self):
-        self.parts, self.size = [], 0
-
-    def stop(self):
-        text, self.parts = "".join(self.parts or ()), None
-        self.buffer.reset()
-        return text[-LIMIT:]
-
-    def write(self, s):
-        if not isinstance(s, str):
-            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
-        if self.parts is None:
-            return self.real.write(s)
-        self.parts.append(s)
-        self.size += len(s)
-        if self.size > 4 * LIMIT:  # bound memory for chatty functions
-            self.parts = ["".join(self.parts)[-LIMIT:]]
-            self.size = LIMIT
-        return len(s)
-
-    def flush(self):
-        if self.parts is None:
-            self.real.flush()
-
-    def writable(self):
-        return True
-
-    def isatty(self):
-        return False
-
-    def fileno(self):
-        return self.real.fileno()
-
-    @property
-    def encoding(self):
-        return "utf-8"
+def cut(text, total=None):
+    """The last part of `text` (whose full length was `total`), at most LIMIT
+    characters including a first line that says how much was cut."""
+    total = len(text) if total is None else total
+    if total <= LIMIT:
+        return text
+    base = len(CUT_MARK % 0) - 1
+    keep = LIMIT - base - len(str(total))  # never too long
+    for digits in range(1, 21):
+        if len(str(total - (LIMIT - base - digits))) == digits:
+            keep = LIMIT - base - digits
+            break
+    return CUT_MARK % (total - keep) + text[-keep:]
 
 
-class _BinaryCapture(io.RawIOBase):
-    """sys.stdout.buffer: decodes bytes (incrementally) into the text capture."""
+def to_utf8(text):
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        return text.encode("utf-8", "replace")
 
-    def __init__(self, text):
-        self.text, self.decoder = text, codecs.getincrementaldecoder("utf-8")("replace")
 
-    def reset(self):
-        self.decoder.reset()
+def dumps_line(obj):
+    return to_utf8(json.dumps(obj, ensure_ascii=False, separators=(",", ":"))) + b"\n"
 
-    def writable(self):
-        return True
 
-    def write(self, b):
-        if self.text.parts is None:
-            self.text.real.flush()
-            return self.text.real.buffer.write(b)
-        self.text.write(self.decoder.decode(bytes(b)))
-        return len(b)
+def format_exc(e):
+    """The traceback without this server's and importlib's own frames."""
+    stack = [f for f in traceback.extract_tb(e.__traceback__)
+             if f.filename != __file__ and not f.filename.startswith("<frozen importlib")]
+    head = "Traceback (most recent call last):\n" if stack else ""
+    lines = traceback.format_list(stack) + traceback.format_exception_only(type(e), e)
+    return (head + "".join(lines)).rstrip("\n")
 
+
+def _libc_prctl(option, arg):
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+    except Exception:  # no ctypes in this image: best effort
+        pass
+
+
+# ---------------------------------------------------------------------------
+# The worker: loads and runs the user's code.
+# ---------------------------------------------------------------------------
 
 class Request:
     __slots__ = ("payload", "env", "headers")
@@ -157,15 +175,12 @@ def env_text(value):
 class Runtime:
     def __init__(self):
         self.main = None
-        self.out = sys.stdout = Capture(sys.stdout)
-        self.err = sys.stderr = Capture(sys.stderr)
+        self.response_max = DEFAULT_RESPONSE_MAX
 
     def handle(self, msg):
-        kind = msg.get("type") if isinstance(msg, dict) else None
+        kind = msg.get("type")
         if kind == "execute":
             return self.execute(msg)
-        if kind == "ping":
-            return {"ok": True, "runtime": "python", "pid": os.getpid()}
         if kind == "load":
             return self.load(msg)
         return {"ok": False, "error": "unknown message type: %r" % (kind,)}
@@ -173,6 +188,9 @@ class Runtime:
     def load(self, msg):
         if self.main is not None:
             return {"ok": False, "error": "code already loaded"}
+        limit = msg.get("responseMaxBytes")
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+            self.response_max = limit
         code_dir = os.path.abspath(str(msg.get("codeDir") or "/code"))
         entry = os.path.normpath(str(msg.get("entrypoint") or "main.py"))
         path = os.path.join(code_dir, entry)
@@ -207,12 +225,10 @@ class Runtime:
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             spec.loader.exec_module(module)
-        except BaseException as e:  # SyntaxError, ImportError, SystemExit, ...
-            if isinstance(e, KeyboardInterrupt):
-                raise
+        except BaseException as e:  # SyntaxError, ImportError, SystemExit, KeyboardInterrupt, ...
             for key in [k for k in sys.modules if k == "userlib" or k.startswith("userlib.") or k == name]:
                 del sys.modules[key]
-            return {"ok": False, "error": "failed to load %s:\n%s" % (entry, format_exc(e))}
+            return {"ok": False, "error": cut("failed to load %s:\n%s" % (entry, format_exc(e)))}
         main = getattr(module, "main", None)
         if not callable(main):
             return {"ok": False, "error": "%s does not define a main(req, res) function" % entry}
@@ -221,7 +237,7 @@ class Runtime:
 
     def execute(self, msg):
         if self.main is None:
-            return {"statusCode": 500, "body": "", "logs": "", "errors": "", "error": "no code loaded"}
+            return {"statusCode": 500, "body": "", "error": "no code loaded"}
         payload, env, headers = msg.get("payload"), msg.get("env"), msg.get("headers")
         payload = payload if isinstance(payload, str) else ("" if payload is None else json.dumps(payload))
         env = env if isinstance(env, dict) else {}
@@ -234,9 +250,6 @@ class Runtime:
                 os.environ[key] = env_text(value)
             except (ValueError, OSError):  # e.g. "=" or NUL in a name
                 saved.pop(key, None)
-        sys.stdout, sys.stderr = self.out, self.err
-        self.out.start()
-        self.err.start()
         res = ResponseFactory()
         status, body, error = 500, "", ""
         try:
@@ -257,26 +270,20 @@ class Runtime:
                 error = "Function returned no response: return res.send(...) or res.json(...)"
             else:
                 error = "Function returned %s; return res.send(...) or res.json(...)" % type(result).__name__
-        except (Exception, SystemExit) as e:
+        except (Exception, SystemExit, KeyboardInterrupt) as e:
             status, body, error = 500, "", format_exc(e)
         finally:
-            logs, errors = self.out.stop(), self.err.stop()
-            sys.stdout, sys.stderr = self.out, self.err
             restore_environ(saved)
-        return {"statusCode": status, "body": body[-LIMIT:], "logs": logs, "errors": errors, "error": error[-LIMIT:]}
+        size = len(to_utf8(body)) if len(body) * 4 > self.response_max else 0
+        if size > self.response_max:
+            status, body = 500, ""
+            error = ("Execution failed: the response body is %d bytes; the limit is %d bytes "
+                     "(FUNCTIONS_RESPONSE_MAX_BYTES)." % (size, self.response_max))
+        return {"statusCode": status, "body": body, "error": cut(error)}
 
 
 async def _await(awaitable):
     return await awaitable
-
-
-def format_exc(e):
-    """The traceback without this server's and importlib's own frames."""
-    stack = [f for f in traceback.extract_tb(e.__traceback__)
-             if f.filename != __file__ and not f.filename.startswith("<frozen importlib")]
-    head = "Traceback (most recent call last):\n" if stack else ""
-    lines = traceback.format_list(stack) + traceback.format_exception_only(type(e), e)
-    return (head + "".join(lines)).rstrip("\n")
 
 
 def restore_environ(saved):
@@ -287,88 +294,466 @@ def restore_environ(saved):
             os.environ[key] = value
 
 
-def serve(path, runtime):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    os.chmod(path, 0o666)
-    listener.listen(16)
-    listener.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, None)
-    buffers = {}
-    print("functions-runtime python %s listening on %s" % (sys.version.split()[0], path), file=sys.__stderr__, flush=True)
-
-    def close(conn):
-        sel.unregister(conn)
-        buffers.pop(conn, None)
-        conn.close()
-
+def worker_main(request_fd, reply_fd):
+    _libc_prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: go with the supervisor
+    me = os.getpid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    runtime = Runtime()
+    requests = os.fdopen(request_fd, "rb", buffering=0)
+    buffer = b""
     while True:
-        for key, _ in sel.select():
-            if key.data is None:
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                conn.setblocking(True)
-                conn.settimeout(60)  # only bounds writes to a stuck client
-                sel.register(conn, selectors.EVENT_READ, True)
-                buffers[conn] = b""
-                continue
-            conn = key.fileobj
-            try:
-                chunk = conn.recv(1 << 16)
-            except OSError:
-                chunk = b""
+        while b"\n" not in buffer:
+            chunk = requests.read(1 << 16)
             if not chunk:
-                close(conn)
-                continue
-            data = buffers[conn] + chunk
-            try:
-                while b"\n" in data:
-                    line, _, data = data.partition(b"\n")
-                    if line.strip():
-                        conn.sendall(reply(runtime, line))
-                if len(data) > MAX_LINE:
-                    conn.sendall(b'{"ok":false,"error":"request line too long"}\n')
-                    raise OSError("line too long")
-                buffers[conn] = data
-            except OSError:
-                close(conn)
-
-
-def reply(runtime, line):
-    try:
-        msg = json.loads(line)
-    except ValueError as e:
-        out = {"ok": False, "error": "invalid JSON: %s" % e}
-    else:
+                os._exit(0)  # the supervisor went away
+            buffer += chunk
+        line, _, buffer = buffer.partition(b"\n")
         try:
+            msg = json.loads(line)
             out = runtime.handle(msg)
-        except Exception as e:  # a bug here must not kill the container
-            out = {"ok": False, "error": "runtime error: %s" % format_exc(e)}
-    return json.dumps(out, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
+        except BaseException as e:  # a bug here: say so, the supervisor decides
+            msg, out = {}, {"ok": False, "error": "runtime error: %s" % format_exc(e)}
+        if os.getpid() != me:
+            os._exit(0)  # a child the user's code forked, back in this loop: never answer
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        out["id"] = msg.get("id") if isinstance(msg, dict) else None
+        data = dumps_line(out)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(reply_fd, view):]
+
+
+# ---------------------------------------------------------------------------
+# The supervisor: the service's socket, the worker, stray processes.
+# ---------------------------------------------------------------------------
+
+class OutputTail:
+    """The bounded tail of one of the worker's output pipes during an execution."""
+
+    __slots__ = ("decoder", "parts", "size", "total")
+
+    def __init__(self):
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.parts, self.size, self.total = [], 0, 0
+
+    def add(self, data):
+        text = self.decoder.decode(data)
+        if text:
+            self.parts.append(text)
+            self.size += len(text)
+            self.total += len(text)
+            if self.size > 4 * LIMIT:  # bounded memory for chatty functions
+                keep = "".join(self.parts)[-LIMIT:]
+                self.parts, self.size = [keep], len(keep)
+
+    def text(self):
+        rest = self.decoder.decode(b"", True)
+        self.parts.append(rest)
+        self.total += len(rest)
+        return cut("".join(self.parts), self.total)
+
+
+def in_own_pid_namespace():
+    """Certain to be alone in the container's PID namespace (else never kill anything)."""
+    if os.environ.get("FUNCTIONS_RUNTIME_PID_NAMESPACE") != "1" or os.getppid() != 1:
+        return False
+    try:
+        with open("/proc/1/comm") as fh:
+            return fh.read().strip() in ("docker-init", "tini")
+    except OSError:
+        return False
+
+
+def proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3].decode("ascii", "replace")
+
+
+DEAD = (None, "Z", "X", "x")
+STOPPED = DEAD + ("T", "t")
+
+
+class Reaper:
+    """Kills every process of the container but PID 1, the supervisor and the worker."""
+
+    def __init__(self, enabled):
+        self.enabled, self.me = enabled, os.getpid()
+
+    def others(self, exempt):
+        return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in exempt]
+
+    def reap(self, worker_pid):
+        """True when nothing is left (always True when disabled). worker_pid None: no worker."""
+        if not self.enabled:
+            return True
+        exempt = {1, self.me}
+        if worker_pid is not None and worker_pid > 1:
+            exempt.add(worker_pid)
+        else:
+            worker_pid = None
+        if not any(proc_state(p) not in DEAD for p in self.others(exempt)):
+            return True  # the usual case: one listing
+        deadline = time.monotonic() + 3.0
+        if worker_pid is not None:
+            _signal(worker_pid, signal.SIGSTOP)  # it may be spawning more (a daemon thread)
+        try:
+            for _ in range(1000):  # stop them all: stopped processes cannot fork
+                running = 0
+                for pid in self.others(exempt):
+                    if proc_state(pid) not in STOPPED:
+                        running += 1
+                        _signal(pid, signal.SIGSTOP)
+                if not running or time.monotonic() > deadline:
+                    break
+            for _ in range(3):
+                left = [p for p in self.others(exempt) if proc_state(p) not in DEAD]
+                for pid in left:
+                    _signal(pid, signal.SIGKILL)
+                for _ in range(100):
+                    left = [p for p in left if proc_state(p) not in DEAD]
+                    if not left:
+                        break
+                    time.sleep(0.005)
+                if not left and not [p for p in self.others(exempt) if proc_state(p) not in DEAD]:
+                    return True
+                if time.monotonic() > deadline:
+                    break
+            return False
+        finally:
+            if worker_pid is not None:
+                _signal(worker_pid, signal.SIGCONT)
+
+
+def _signal(pid, sig):
+    if not isinstance(pid, int) or pid <= 1:  # never 0, -1 (every process) or init
+        return
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+class Compromised(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, path):
+        self.path = path
+        self.sel = selectors.DefaultSelector()
+        self.container = in_own_pid_namespace()
+        self.reaper = Reaper(self.container)
+        self.ids = itertools.count(1)
+        self.queue = []  # (conn, line) in arrival order, across connections
+        self.buffers = {}
+        self.pending = None  # the request the worker is working on
+        self.reply_buf = b""
+        self.out = self.err = None  # OutputTails while a request is pending
+        self.last_reap = time.monotonic()
+        self.start_worker()
+
+    # -- the worker ----------------------------------------------------------
+
+    def start_worker(self):
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("FUNCTIONS_RUNTIME_SOCKET", "FUNCTIONS_RUNTIME_PID_NAMESPACE")}
+        self.worker = subprocess.Popen(
+            [sys.executable, "-u", os.path.abspath(__file__), "--worker", str(req_r), str(rep_w)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(req_r, rep_w), close_fds=True, env=env)
+        os.close(req_r)
+        os.close(rep_w)
+        self.req_w, self.rep_r = req_w, rep_r
+        self.out_fd, self.err_fd = self.worker.stdout.fileno(), self.worker.stderr.fileno()
+        for fd, tag in ((rep_r, "reply"), (self.out_fd, "out"), (self.err_fd, "err")):
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, tag)
+
+    def drain(self, fd, tail):
+        """Read what the worker wrote so far (non-blocking)."""
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                return False
+            if tail is not None:
+                tail.add(data)
+
+    def on_output(self, fd, tail):
+        if not self.drain(fd, tail):
+            self.sel.unregister(fd)  # the user's code closed it
+
+    def send_to_worker(self, conn, msg, wid):
+        self.pending = (conn, msg, wid)
+        self.reply_buf = b""  # (output that arrived while idle was read and dropped by the loop)
+        self.out, self.err = OutputTail(), OutputTail()
+        fwd = dict(msg)
+        fwd["id"] = wid
+        data = dumps_line(fwd)
+        try:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(self.req_w, view):]
+                except BlockingIOError:
+                    time.sleep(0.001)
+        except OSError:
+            raise Compromised("the worker process does not take requests") from None
+
+    def on_reply(self):
+        try:
+            data = os.read(self.rep_r, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.worker_gone()
+        if self.pending is None:
+            raise Compromised("the worker wrote on its reply channel while no request was in flight")
+        self.reply_buf += data
+        if b"\n" not in data:
+            if len(self.reply_buf) > 6 * self.response_max_of() + 8 * 6 * LIMIT:
+                raise Compromised("the worker's reply is too long")
+            return
+        line, _, rest = self.reply_buf.partition(b"\n")
+        if rest:
+            raise Compromised("the worker wrote more than one reply")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise Compromised("the worker's reply is not JSON: %r" % line[:200]) from None
+        conn, msg, wid = self.pending
+        if not isinstance(reply, dict) or reply.get("id") != wid:
+            raise Compromised("the worker's reply has the wrong request id")
+        del reply["id"]
+        self.finish(reply)
+
+    def response_max_of(self):
+        return getattr(self, "response_max", DEFAULT_RESPONSE_MAX)
+
+    def finish(self, reply):
+        conn, msg, wid = self.pending
+        self.drain(self.out_fd, self.out)
+        self.drain(self.err_fd, self.err)
+        if msg.get("type") == "execute":
+            reply = {"statusCode": reply.get("statusCode", 500), "body": reply.get("body", ""),
+                     "logs": self.out.text(), "errors": self.err.text(), "error": reply.get("error", "")}
+        elif msg.get("type") == "load" and reply.get("ok") is True:
+            limit = msg.get("responseMaxBytes")
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+                self.response_max = limit
+        clean = self.reaper.reap(self.worker.pid)
+        self.last_reap = time.monotonic()
+        self.pending, self.out, self.err = None, None, None
+        if not clean:
+            self.answer(conn, msg, dict(reply, closing=True))
+            self.fail("processes started by the function could not be stopped")
+        self.answer(conn, msg, reply)
+
+    def worker_gone(self):
+        try:
+            code = self.worker.wait(2)
+        except subprocess.TimeoutExpired:
+            raise Compromised("the worker closed its reply channel") from None
+        if code == -signal.SIGKILL:
+            self.exit(137, None)  # likely the OOM killer: the service finds out
+        what = "exit code %d" % code if code >= 0 else "killed by signal %s" % _signame(-code)
+        raise Compromised("the runtime exited unexpectedly (%s)" % what)
+
+    # -- failing ---------------------------------------------------------------
+
+    def fail(self, reason, code=1):
+        """The container is compromised: answer what is pending, then exit."""
+        if self.pending is not None:
+            conn, msg, _ = self.pending
+            logs = errors = ""
+            if self.out is not None:
+                self.drain(self.out_fd, self.out)
+                self.drain(self.err_fd, self.err)
+                logs, errors = self.out.text(), self.err.text()
+            self.pending = None
+            error = "Execution failed: %s; the container is discarded." % reason
+            if msg.get("type") == "execute":
+                reply = {"statusCode": 500, "body": "", "logs": logs, "errors": errors, "error": error}
+            else:
+                reply = {"ok": False, "error": error}
+            reply["closing"] = True
+            self.answer(conn, msg, reply)
+        print("functions-runtime: %s; exiting" % reason, file=sys.stderr, flush=True)
+        self.exit(code, None)
+
+    def exit(self, code, _):
+        try:
+            self.worker.kill()
+        except OSError:
+            pass
+        self.reaper.reap(None)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os._exit(code)
+
+    # -- the service's side ----------------------------------------------------
+
+    def answer(self, conn, msg, reply):
+        if isinstance(msg, dict) and "id" in msg:
+            reply["id"] = msg["id"]
+        try:
+            conn.sendall(dumps_line(reply))
+        except OSError:
+            self.close(conn)
+
+    def close(self, conn):
+        if conn in self.buffers:
+            self.sel.unregister(conn)
+            del self.buffers[conn]
+            conn.close()
+        self.queue = [(c, line) for c, line in self.queue if c is not conn]
+
+    def accept(self, listener):
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        if self.container and peer_pid(conn) != 0:  # a process of this container (the user's code)
+            conn.close()
+            return
+        conn.setblocking(True)
+        conn.settimeout(60)  # only bounds writes to a stuck client
+        self.sel.register(conn, selectors.EVENT_READ, conn)
+        self.buffers[conn] = b""
+
+    def on_conn(self, conn):
+        try:
+            chunk = conn.recv(1 << 16)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close(conn)
+            return
+        data = self.buffers[conn] + chunk
+        while b"\n" in data:
+            line, _, data = data.partition(b"\n")
+            if line.strip():
+                self.queue.append((conn, line))
+        if len(data) > MAX_LINE:
+            try:
+                conn.sendall(b'{"ok":false,"error":"request line too long"}\n')
+            except OSError:
+                pass
+            self.close(conn)
+            return
+        self.buffers[conn] = data
+
+    def start_next(self):
+        """Handle queued requests until one goes to the worker (then it is pending)."""
+        while self.queue and self.pending is None:
+            conn, line = self.queue.pop(0)
+            try:
+                msg = json.loads(line)
+            except ValueError as e:
+                self.answer(conn, None, {"ok": False, "error": "invalid JSON: %s" % e})
+                continue
+            kind = msg.get("type") if isinstance(msg, dict) else None
+            if kind in ("execute", "load"):
+                wid = msg.get("id")
+                if not isinstance(wid, str) or not wid:
+                    wid = "s%d-%s" % (next(self.ids), secrets.token_hex(8))
+                self.send_to_worker(conn, msg, wid)
+            elif kind == "ping":
+                self.answer(conn, msg, {"ok": True, "runtime": "python", "pid": os.getpid()})
+            else:
+                self.answer(conn, msg, {"ok": False, "error": "unknown message type: %r" % (kind,)})
+
+    def serve(self):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # created 0600: no window with a wider mode
+        try:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            listener.bind(self.path)
+        finally:
+            os.umask(old)
+        listener.listen(16)
+        listener.setblocking(False)
+        self.sel.register(listener, selectors.EVENT_READ, "listen")
+        print("functions-runtime python %s listening on %s" % (sys.version.split()[0], self.path),
+              file=sys.stderr, flush=True)
+        while True:
+            try:
+                self.start_next()
+                timeout = IDLE_REAP if self.container and self.pending is None else None
+                events = self.sel.select(timeout)
+                for key, _ in events:
+                    tag = key.data
+                    if tag == "listen":
+                        self.accept(listener)
+                    elif tag == "reply":
+                        self.on_reply()
+                    elif tag == "out":
+                        self.on_output(self.out_fd, self.out)
+                    elif tag == "err":
+                        self.on_output(self.err_fd, self.err)
+                    elif key.fileobj in self.buffers:
+                        self.on_conn(key.fileobj)
+                if self.container and self.pending is None and time.monotonic() - self.last_reap >= IDLE_REAP:
+                    self.last_reap = time.monotonic()
+                    if not self.reaper.reap(self.worker.pid):
+                        raise Compromised("processes started by the function could not be stopped")
+            except Compromised as e:
+                self.fail(str(e))
+
+
+def peer_pid(conn):
+    try:
+        return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+    except (OSError, AttributeError):
+        return -1
+
+
+def _signame(number):
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker_main(int(sys.argv[2]), int(sys.argv[3]))
+        return
     path = os.environ.get("FUNCTIONS_RUNTIME_SOCKET")
     if not path:
         sys.exit("FUNCTIONS_RUNTIME_SOCKET is not set")
+    _libc_prctl(4, 0)  # PR_SET_DUMPABLE 0: the worker (same uid) cannot ptrace us or take our fds
+    supervisor = Supervisor(path)
 
     def stop(*_):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        os._exit(0)
+        supervisor.exit(0, None)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    serve(path, Runtime())
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    supervisor.serve()
 
 
 if __name__ == "__main__":
