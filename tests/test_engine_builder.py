@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -202,3 +203,68 @@ def test_two_builds_in_parallel_both_succeed(build):
 def test_build_containers_are_removed(build, docker_client):  # noqa: F811
     build("python-3.11", {"main.py": ""}, "missing.py")
     assert docker_client.containers.list(all=True, filters={"label": "functions.role=build"}) == []
+
+
+CRASHING_BUILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import docker
+from server.domain.runtimes import load_catalog
+from server.engine import Builder, ContainerLimits
+from server.settings import Settings
+work_dir, staging, source, output, owner, image = sys.argv[2:8]
+runtime = {r.id: r for r in load_catalog(Settings().runtime_catalog)}["node-18.0"]
+builder = Builder(docker.from_env(), Path(sys.argv[1]) / "runtimes", ContainerLimits(), timeout=300,
+                  owner=owner, work_dir=Path(work_dir), instance="crashed-run", staging_dir=Path(staging))
+builder.build(runtime, image, Path(source), "index.js", Path(output), {})
+"""
+
+
+def test_build_containers_and_staging_of_a_killed_service_are_swept(docker_client, catalog, built_images, tmp_path):  # noqa: F811
+    """A service killed with -9 during a build leaves its build container
+    running and the staging copy of the source behind: the pool's start-up sweep
+    removes both (and leaves the builds of the service now starting alone)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from server.engine import ContainerPool
+    from server.engine.builder import OWNER_LABEL, ROLE_LABEL
+
+    work_dir, staging = tmp_path / "c", tmp_path / "staging"
+    work_dir.mkdir()
+    pool = ContainerPool(docker_client, RUNTIMES_DIR, work_dir, lambda runtime: built_images[runtime.id], prewarm=0, staging_dir=staging)
+    source = make_archive(tmp_path / "code.tar.gz", {"index.js": "", "package.json": node_package(scripts={"install": "sleep 300"})})
+    source.chmod(0o600)  # unreadable by the sandbox user: the builder stages a copy
+    repo = str(Path(RUNTIMES_DIR).resolve().parent)
+    child = subprocess.Popen([sys.executable, "-c", CRASHING_BUILD, repo, str(work_dir), str(staging), str(source),
+                              str(tmp_path / "out"), pool.owner, built_images["node-18.0"]])
+    filters = {"label": [f"{ROLE_LABEL}=build", f"{OWNER_LABEL}={pool.owner}"]}
+    try:
+        deadline = time.monotonic() + 60
+        while not docker_client.api.containers(filters={**filters, "status": "running"}):
+            assert child.poll() is None and time.monotonic() < deadline, "the build container did not start"
+            time.sleep(0.1)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    (leftover,) = docker_client.api.containers(all=True, filters=filters)
+    labels = leftover["Labels"]
+    assert labels["functions.work-dir"] == str(work_dir.resolve()) and labels["functions.instance"] == "crashed-run"
+    assert [p.name for p in (staging / "crashed-run").iterdir()][0].startswith("build-source-")
+    # A build of the service now starting (its own instance) is left alone by the start-up sweep.
+    (staging / pool.instance).mkdir()
+    (staging / pool.instance / "in-use").write_text("x")
+
+    async def start_and_stop():
+        await pool.start()
+        after_start = docker_client.api.containers(all=True, filters=filters)
+        staged = sorted(p.name for p in staging.iterdir())
+        await pool.stop()
+        return after_start, staged
+
+    after_start, staged = asyncio.run(start_and_stop())
+    assert after_start == [] and staged == [pool.instance]
+    assert list(staging.iterdir()) == []  # the sweep at stop takes this instance's staging too

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -437,7 +440,7 @@ def test_containers_of_a_vanished_service_are_swept(make_pool):
     shutil.rmtree(gone_dir)
     try:
         make_pool(prewarm=0)
-        ids = {c.id for c in client.containers.list(all=True)}
+        ids = {c["Id"] for c in client.api.containers(all=True)}  # no inspect: others' containers may vanish meanwhile
         assert made["gone"].id not in ids and made["alive"].id in ids
     finally:
         for container in made.values():
@@ -446,3 +449,122 @@ def test_containers_of_a_vanished_service_are_swept(make_pool):
             except docker.errors.NotFound:
                 pass
         shutil.rmtree(alive_dir, ignore_errors=True)
+
+
+# -- code mounts, socket permissions, the PID namespace flag, on_start ---------------
+
+
+def mount_points(under: Path) -> list[str]:
+    prefix = str(under.resolve()).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as fh:
+        return [line.split()[4] for line in fh if line.split()[4].startswith(prefix)]
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the service mounts code and hands out socket dirs only as root")
+
+
+@needs_root
+def test_code_is_mounted_read_only_and_many_files_start_fast(make_pool, env):
+    runner = make_pool()
+    target = env["deployment"]()
+    for i in range(20_000):  # link_tree took ~2 s for this
+        (target.code_dir / f"f{i:05d}.txt").write_bytes(b"x")
+    runner.wait_until(lambda: runner.pool.stats()["prewarmed"].get("python-3.11") == 1)
+    started = time.monotonic()
+    result = runner.invoke(target, "probe")
+    elapsed = time.monotonic() - started
+    assert result.status_code == 200, result
+    assert json.loads(result.body)["code_writable"] is False
+    assert elapsed < 0.5, elapsed
+    (row,) = runner.rows(target)
+    code_dir = runner.work_dir / row["name"] / "code"
+    assert str(code_dir.resolve()) in mount_points(runner.work_dir)
+    assert os.stat(code_dir / "main.py").st_ino == os.stat(target.code_dir / "main.py").st_ino
+    runner.run(runner.pool.forget(target.project, target.deployment_id))
+    assert mount_points(runner.work_dir) == [] and not code_dir.exists()
+    assert len(list(target.code_dir.iterdir())) == 20_001  # unmounted before the host dir was deleted
+
+
+@needs_root
+def test_the_sweep_after_a_crash_unmounts_and_keeps_the_build_output(make_pool, env):
+    crashed = make_pool()
+    target = env["deployment"]()
+    assert crashed.invoke(target).status_code == 200
+    assert mount_points(crashed.work_dir)
+    # The service "was killed": its containers and mounts stay; the next one on the same work_dir sweeps.
+    successor = ContainerPool(docker.from_env(), REPO_ROOT / "runtimes", crashed.work_dir, env["images"].ensure, prewarm=0)
+    crashed.run(successor.start())
+    try:
+        assert owned(successor) == set()
+        assert [p for p in mount_points(crashed.work_dir) if p.endswith("/code")] == []
+        assert sorted(p.name for p in target.code_dir.iterdir()) == ["main.py"]
+    finally:
+        crashed.run(successor.stop())
+    assert mount_points(crashed.work_dir) == []
+
+
+@needs_root
+def test_runtime_sockets_are_reachable_by_the_service_only(shared, env):
+    target = env["deployment"]()
+    assert shared.invoke(target).status_code == 200
+    (row,) = shared.rows(target)
+    host_dir = shared.work_dir / row["name"]
+    sock_dir, sock = host_dir / "sock", host_dir / "sock" / "runtime.sock"
+    assert os.stat(host_dir).st_mode & 0o777 == 0o700
+    st = os.stat(sock_dir)
+    assert st.st_mode & 0o007 == 0 and st.st_uid == 0, oct(st.st_mode)  # the sandbox user can no longer write in it
+    probe = json.loads(shared.invoke(target, "probe").body)
+    assert probe["sock_dir"] == ["runtime.sock"] and probe["sock_dir_writable"] is False
+    connect = ["/usr/bin/python3", "-c", "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"]
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    as_root = subprocess.run([*connect, str(sock)], capture_output=True, text=True, timeout=30)
+    assert as_root.returncode == 0, as_root.stderr
+    as_nobody = subprocess.run([*nobody, *connect, str(sock)], capture_output=True, text=True, timeout=30)
+    assert as_nobody.returncode == 1 and "PermissionError" in as_nobody.stderr, (as_nobody.returncode, as_nobody.stderr)
+    # The control: nobody can connect to a socket that is open to everyone (the check above is not vacuous).
+    open_dir = Path(tempfile.mkdtemp(prefix="open-sock-"))
+    try:
+        open_dir.chmod(0o755)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(open_dir / "s"))
+        os.chmod(open_dir / "s", 0o666)
+        listener.listen(1)
+        control = subprocess.run([*nobody, *connect, str(open_dir / "s")], capture_output=True, text=True, timeout=30)
+        listener.close()
+        assert control.returncode == 0, control.stderr
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
+    assert shared.invoke(target).status_code == 200  # the probes did not disturb the runtime
+
+
+def test_runtime_containers_get_the_pid_namespace_flag(shared, env):
+    target = env["deployment"]()
+    assert shared.invoke(target).status_code == 200
+    (row,) = shared.rows(target)
+    attrs = docker.from_env().api.inspect_container(row["docker_id"])
+    assert "FUNCTIONS_RUNTIME_PID_NAMESPACE=1" in attrs["Config"]["Env"]
+    assert attrs["HostConfig"]["PidMode"] in ("", "private")
+
+
+def test_on_start_runs_after_loading_and_a_failing_one_releases_the_container(shared, env):
+    target = env["deployment"]()
+    seen = []
+
+    async def on_start():
+        seen.append([r["state"] for r in shared.rows(target)])
+
+    result = shared.run(shared.pool.invoke(target, "", {}, {}, 10, on_start=on_start))
+    assert result.status_code == 200 and seen == [["busy"]], (result, seen)
+
+    async def failing():
+        raise RuntimeError("could not mark the execution started")
+
+    with pytest.raises(RuntimeError, match="could not mark"):
+        shared.run(shared.pool.invoke(target, "", {}, {}, 10, on_start=failing))
+    (row,) = shared.rows(target)
+    assert row["state"] == "idle" and row["uses"] == 2  # released, not discarded
+    assert shared.invoke(target).status_code == 200 and shared.rows(target)[0]["name"] == row["name"]
+    fresh = env["deployment"]()  # the slow path (a stem cell) too
+    with pytest.raises(RuntimeError):
+        shared.run(shared.pool.invoke(fresh, "", {}, {}, 10, on_start=failing))
+    assert [r["state"] for r in shared.rows(fresh)] == ["idle"]

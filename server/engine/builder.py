@@ -24,6 +24,7 @@ import docker
 import requests
 from docker.types import LogConfig
 
+from server.domain.builds import BuildInterrupted
 from server.domain.runtimes import Runtime
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,16 @@ CODE_MOUNT = "/opt/functions/code"
 SOURCE_MOUNT = "/opt/functions/source.tar.gz"
 RUNTIME_MOUNT = "/opt/functions-runtime"
 
-ROLE_LABEL = "functions.role"
+ROLE_LABEL = "functions.role"  # "runtime" or "build"
 RUNTIME_LABEL = "functions.runtime"
+# Labels shared by runtime and build containers, so the pool's sweep removes both.
+OWNER_LABEL = "functions.pool"  # unique per pool work_dir: a pool only ever removes its own containers
+# The pool's work_dir: a container whose work_dir is gone belongs to a service
+# that was killed and whose data was removed (test runs): any pool may remove it.
+WORK_DIR_LABEL = "functions.work-dir"
+# One random token per running service: the start-up sweep leaves the builds
+# of the service that is starting alone (builds may start before the pool).
+INSTANCE_LABEL = "functions.instance"
 
 # Sandbox user when the service runs as root: numeric, so images need no passwd entry.
 SANDBOX_UID = SANDBOX_GID = 10001
@@ -98,13 +107,26 @@ def hardened_kwargs(network: str, tmp_mb: int) -> dict:
     }
 
 
+
+
 class Builder:
-    def __init__(self, client: docker.DockerClient, runtimes_dir: Path, limits: ContainerLimits, timeout: int, network: str = "none"):
+    """`owner`, `work_dir` and `instance` label build containers like the pool's
+    runtime containers (ContainerPool.owner, its work_dir and instance), so the
+    pool's sweep removes them after a crash. `staging_dir` holds the readable
+    copies of source archives (`<staging_dir>/<instance>/build-source-*`); the
+    pool's start-up sweep empties it."""
+
+    def __init__(self, client: docker.DockerClient, runtimes_dir: Path, limits: ContainerLimits, timeout: int, network: str = "none",
+                 *, owner: str = "", work_dir: Path | None = None, instance: str = "", staging_dir: Path | None = None):
         self.client = client
         self.runtimes_dir = Path(runtimes_dir).resolve()
         self.limits = limits
         self.timeout = timeout
         self.network = network
+        self.owner = owner
+        self.work_dir = str(Path(work_dir).resolve()) if work_dir else ""
+        self.instance = instance
+        self.staging_dir = Path(staging_dir).resolve() / (instance or "shared") if staging_dir else None
 
     def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str]) -> BuildResult:
         """Unpack `source` (.tar.gz) into `output_dir` and install its dependencies.
@@ -150,13 +172,14 @@ class Builder:
             "FUNCTIONS_SOURCE": SOURCE_MOUNT,
             "FUNCTIONS_CODE": CODE_MOUNT,
         }
-        with _readable_copy(source) as readable_source:
+        with _readable_copy(source, self.staging_dir) as readable_source:
             container = self.client.containers.create(
                 image,
                 command=["sh", f"{RUNTIME_MOUNT}/build.sh"],
                 working_dir=CODE_MOUNT,
                 environment=environment,
-                labels={ROLE_LABEL: "build", RUNTIME_LABEL: runtime.id},
+                labels={ROLE_LABEL: "build", RUNTIME_LABEL: runtime.id, OWNER_LABEL: self.owner,
+                        WORK_DIR_LABEL: self.work_dir, INSTANCE_LABEL: self.instance},
                 volumes={
                     str(readable_source): {"bind": SOURCE_MOUNT, "mode": "ro"},
                     str(output_dir): {"bind": CODE_MOUNT, "mode": "rw"},
@@ -169,8 +192,10 @@ class Builder:
             )
             try:
                 return self._start_and_wait(container)
+            except docker.errors.NotFound as exc:  # removed under our feet (the sweep at stop)
+                raise BuildInterrupted(f"the build container was removed while the build ran: {exc}") from exc
             finally:
-                container.remove(force=True)
+                _remove_quietly(container)
 
     def _start_and_wait(self, container) -> tuple[str, str, str | None]:
         container.start()
@@ -182,9 +207,11 @@ class Builder:
             with contextlib.suppress(docker.errors.APIError):  # it may have exited meanwhile
                 container.kill()
             container.wait(timeout=30)
+        container.reload()
+        if container.status in ("removing", "dead"):
+            raise BuildInterrupted("the build container was removed while the build ran")
         stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
         stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
-        container.reload()
         if timed_out:
             return stdout, stderr, f"build timed out after {self.timeout} s"
         if container.attrs["State"].get("OOMKilled"):
@@ -192,6 +219,17 @@ class Builder:
         if exit_code != 0:
             return stdout, stderr, f"build failed with exit code {exit_code}"
         return stdout, stderr, None
+
+
+def _remove_quietly(container) -> None:
+    """Remove the build container; gone, or being removed by the sweep, is fine."""
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409 or "already in progress" not in str(exc):
+            raise
 
 
 def _prepare_output(output_dir: Path) -> None:
@@ -203,17 +241,30 @@ def _prepare_output(output_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _readable_copy(source: Path) -> Iterator[Path]:
-    """`source`, or a world-readable copy of it when the sandbox user could not read it."""
+def _readable_copy(source: Path, staging_dir: Path | None = None) -> Iterator[Path]:
+    """`source`, or a copy the sandbox user can read when it could not read it.
+
+    The copy lives in a fresh 0700 directory under `staging_dir` (the pool's
+    start-up sweep empties it after a crash), removed on every other path here.
+    Only Docker (root) and the sandbox user ever read it: it is bind-mounted as
+    a file, so the 0700 directories above it do not matter to the container.
+    """
     st = source.stat()
-    if st.st_mode & stat.S_IROTH or (st.st_uid == sandbox_ids()[0] and st.st_mode & stat.S_IRUSR):
+    uid, gid = sandbox_ids()
+    if st.st_mode & stat.S_IROTH or (st.st_uid == uid and st.st_mode & stat.S_IRUSR):
         yield source
         return
-    staging = Path(tempfile.mkdtemp(prefix="build-source-"))
+    if staging_dir is not None:
+        staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="build-source-", dir=staging_dir))
     try:
         copy = staging / "source.tar.gz"
         shutil.copyfile(source, copy)
-        copy.chmod(0o644)
+        if os.geteuid() == 0:
+            os.chown(copy, uid, gid)
+            copy.chmod(0o400)
+        else:
+            copy.chmod(0o644)
         yield copy
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -50,23 +50,27 @@ class Engine:
         build_limits = ContainerLimits(memory_mb=settings.build_memory_mb, cpus=settings.build_cpus, pids=settings.build_pids)
         work_dir = settings.data_dir.resolve() / "tmp"
         work_dir.mkdir(parents=True, exist_ok=True)
-        engine = cls(
-            client=client,
-            images=RuntimeImages(client, RUNTIMES_DIR, work_dir=work_dir),
-            offline_builder=Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout, network="none"),
-            online_builder=Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout, network=settings.build_network),
-            pool=None,
-        )
         # Container directories hold UNIX sockets: keep the path short.
         containers_dir = settings.data_dir.resolve() / "c"
-        containers_dir.mkdir(parents=True, exist_ok=True)
+        containers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Readable copies of source archives for builds; the pool's start-up sweep empties it.
+        staging_dir = settings.data_dir.resolve() / "staging"
+        staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        engine = cls(client=client, images=RuntimeImages(client, RUNTIMES_DIR, work_dir=work_dir),
+                     offline_builder=None, online_builder=None, pool=None)
         engine.pool = ContainerPool(
             client, RUNTIMES_DIR, containers_dir, engine.image_id,
             ContainerLimits(memory_mb=settings.memory_mb, cpus=settings.cpus, pids=settings.pids),
             prewarm=settings.prewarm, max_per_deployment=settings.max_containers_per_function,
             max_containers=settings.max_containers, keep_alive=settings.keep_alive, tmp_mb=settings.tmp_mb,
-            runtimes=runtimes, network=settings.execution_network,
+            runtimes=runtimes, network=settings.execution_network, response_max_bytes=settings.response_max_bytes,
+            staging_dir=staging_dir,
         )
+        # Build containers carry the pool's labels: its sweep removes them after a crash, and at stop.
+        labels = dict(owner=engine.pool.owner, work_dir=containers_dir, instance=engine.pool.instance, staging_dir=staging_dir)
+        engine.offline_builder = Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout, network="none", **labels)
+        engine.online_builder = Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout,
+                                        network=settings.build_network, **labels)
         return engine
 
     # ---- images -------------------------------------------------------------
@@ -107,7 +111,7 @@ class Engine:
             image=self.image_id(run.runtime), code_dir=run.code_dir, entrypoint=run.deployment.entrypoint,
         )
 
-    async def invoke(self, run: Runnable, payload: str, env: dict, timeout: float) -> Outcome:
+    async def invoke(self, run: Runnable, payload: str, env: dict, timeout: float, on_start=None) -> Outcome:
         if self.pool is None:
             raise ApiError(503, "general_server_error", "The Docker engine is unreachable: functions cannot run.")
         cached = self._targets.get(run.deployment.uid)
@@ -118,7 +122,7 @@ class Engine:
             target = await loop.run_in_executor(None, self.target, run)
             self._targets[run.deployment.uid] = (run.build.uid, target)
         try:
-            result = await self.pool.invoke(target, payload, env, {}, timeout)
+            result = await self.pool.invoke(target, payload, env, {}, timeout, on_start=on_start)
         except PoolBusy:
             raise ApiError(429, "general_rate_limit_exceeded", "Too many executions of this function at once; retry later.") from None
         except PoolClosed:

@@ -13,7 +13,8 @@ TRANSITIONS), and it logs:
 STARTING   `docker run` of the runtime server, until it answers a ping on its socket.
 PREWARMED  a code-less "stem cell" of one runtime, waiting for any deployment.
 LOADING    assigned to ONE deployment for the rest of its life: the build output
-           is hard-linked into its code directory, then the runtime `load`s it.
+           is mounted read-only on its code directory (or, without root,
+           hard-linked into it), then the runtime `load`s it.
 BUSY       running one execution (runtime servers handle one at a time).
 IDLE       loaded and free; reused by its deployment, removed after `keep_alive`.
 REMOVING   killed and removed in the background; it no longer counts against any cap.
@@ -26,11 +27,19 @@ wait, bounded by `acquire_timeout` and `max_waiters`, for one of the
 deployment's containers (handed over on release) or, if it has none, for any
 slot. A full queue or a wait that times out raises PoolBusy (HTTP 429).
 
-Each container has its own host directory `<work_dir>/<name>/` holding `code/`
-(bind-mounted read-only at CODE_MOUNT, empty until assignment; bind mounts show
-host changes live) and `sock/` (at SOCKET_MOUNT, the runtime's UNIX socket;
-writable by the sandbox user only until the runtime listens). Containers have
-no network at all (`network_mode="none"`) unless the operator opts in (`network`).
+Each container has its own host directory `<work_dir>/<name>/` (0700) holding
+`code/` (bind-mounted read-only at CODE_MOUNT with rslave propagation, empty
+until assignment; the build output mounted on it then appears inside) and
+`sock/` (at SOCKET_MOUNT, the runtime's UNIX socket; 0700, writable by the
+sandbox user only until the runtime listens). A host directory is unmounted
+before it is deleted, and the sweeps at start and stop unmount what a killed
+service left. Containers have no network at all (`network_mode="none"`) unless
+the operator opts in (`network`).
+
+The sweep at start and stop also removes build containers carrying the pool's
+owner label (Builder(owner=pool.owner, instance=pool.instance, ...)) and empties
+`staging_dir` (the builders' copies of source archives), except, at start, what
+belongs to this instance.
 
 Threading: everything here runs on the event loop, without locks (no state
 change spans an await). Blocking Docker and file work runs on the pool's own
@@ -52,14 +61,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 import docker
 import requests
 
 from server.domain.runtimes import Runtime
 from server.engine.builder import CODE_MOUNT, ContainerLimits
-from server.engine.docker_runtimes import OWNER_LABEL, DockerRuntimes, link_tree, lock_socket_dir
+from server.engine.docker_runtimes import OWNER_LABEL, DockerRuntimes, lock_socket_dir, release_dir
 from server.engine.invoker import (
     SOCKET_NAME,
     InvocationResult,
@@ -195,6 +204,8 @@ class ContainerPool:
         reap_interval: float | None = None,
         docker_threads: int = 8,
         network: str = "none",
+        response_max_bytes: int = 1024 * 1024,
+        staging_dir: Path | None = None,
     ):
         self._work_dir = Path(work_dir).resolve()
         longest = self._work_dir / f"{NAME_PREFIX}{'x' * 8}-{'x' * 8}" / "sock" / SOCKET_NAME
@@ -212,8 +223,11 @@ class ContainerPool:
         self.start_timeout = start_timeout
         self._reap_interval = reap_interval or min(max(keep_alive / 4, 0.5), 30.0)
         self._prewarm_runtimes = {r.id: r for r in runtimes}
+        self.response_max_bytes = response_max_bytes
+        self._staging_dir = Path(staging_dir).resolve() if staging_dir else None
         self.owner = hashlib.sha256(str(self._work_dir).encode()).hexdigest()[:16]
-        self._docker = DockerRuntimes(client, runtimes_dir, self.limits, tmp_mb, self.owner, network, self._work_dir)
+        self.instance = secrets.token_hex(8)  # this service run: builders label their containers with it
+        self._docker = DockerRuntimes(client, runtimes_dir, self.limits, tmp_mb, self.owner, network, self._work_dir, self.instance)
         self._executor = ThreadPoolExecutor(max_workers=docker_threads, thread_name_prefix="pool-docker")
 
         self._containers: dict[str, Container] = {}  # until removed from Docker
@@ -237,7 +251,8 @@ class ContainerPool:
             raise PoolClosed("a pool starts once")
         self._loop = asyncio.get_running_loop()
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        await self._sweep()
+        await self._sweep(own_builds=False)
+        await self._run(self._docker.enable_mounts)
         self._closed = False
         self._reaper = self._spawn(self._reap_loop())
         starting = [t for t in map(self._schedule_replenish, self._prewarm_runtimes.values()) if t]
@@ -269,22 +284,37 @@ class ContainerPool:
             if not pending or remaining <= 0:
                 break
             await asyncio.wait(pending, timeout=remaining)
-        await self._sweep()  # anything a start left behind
+        await self._sweep()  # anything a start left behind, and build containers
+        try:
+            await self._run(self._docker.disable_mounts)
+        except OSError as exc:
+            log.warning("unmounting the work dir failed", extra={"error": str(exc)})
         self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("container pool stopped", extra={"owner": self.owner})
 
     # -- public API ----------------------------------------------------------
 
-    async def invoke(self, target: DeploymentTarget, payload: str, env: dict, headers: dict, timeout: float) -> InvocationResult:
+    async def invoke(self, target: DeploymentTarget, payload: str, env: dict, headers: dict, timeout: float,
+                     on_start: Callable[[], Awaitable[object]] | None = None) -> InvocationResult:
         """Run one execution. `timeout` bounds loading and running the user's
         code; waiting for a container is bounded by acquire_timeout (then
-        PoolBusy), starting one by start_timeout."""
+        PoolBusy), starting one by start_timeout.
+
+        `on_start` (async) is awaited once a container is acquired and loaded,
+        right before the execution is sent to it; if it raises (or is
+        cancelled), the container is released and the error propagates."""
         started = time.monotonic()
         c = self._take_idle(target.key)
         if c is None:
             c, failure = await self._acquire(target, timeout, started)
             if failure is not None:
                 return failure
+        if on_start is not None:
+            try:
+                await on_start()
+            except BaseException:
+                self._release(c)
+                raise
         try:
             reply = await c.conn.execute(payload, env, headers, timeout)
         except TimeoutError:
@@ -534,6 +564,9 @@ class ContainerPool:
         if self._closed or d.forgotten:
             self._discard(c, "deployment forgotten" if d.forgotten else "pool stopping")
             return
+        if c.conn is not None and c.conn.at_eof():  # closed, or compromised: never handed on
+            self._discard(c, "runtime closed or compromised")
+            return
         while d.waiters:
             fut = d.waiters.popleft()
             if not fut.done():
@@ -556,10 +589,10 @@ class ContainerPool:
             if c.state is State.STARTING:
                 await self._start(c)
                 self._transition(c, State.LOADING, "cold start")
-            await self._run(link_tree, target.code_dir, c.code_dir)
+            await self._run(self._docker.give_code, target.code_dir, c.code_dir)
             if c.state is not State.LOADING:
                 raise _StartAborted()
-            error = await c.conn.load(CODE_MOUNT, target.entrypoint, timeout)
+            error = await c.conn.load(CODE_MOUNT, target.entrypoint, timeout, response_max_bytes=self.response_max_bytes)
         except TimeoutError:
             self._discard(c, "load timed out")
             return failed(TIMEOUT_ERROR, timed_out=True)
@@ -744,12 +777,27 @@ class ContainerPool:
     def _run(self, fn, *args):
         return self._loop.run_in_executor(self._executor, fn, *args)
 
-    async def _sweep(self) -> None:
-        """Remove every container carrying this pool's owner label, and stale host dirs."""
-        leftovers = await self._run(self._docker.owned)
+    async def _sweep(self, own_builds: bool = True) -> None:
+        """Remove every runtime and build container carrying this pool's owner
+        label (at start-up, `own_builds=False`, not this instance's builds), stale
+        host dirs (unmounted first: a killed service leaves its mounts) and the
+        builders' staging copies."""
+        leftovers = await self._run(self._docker.owned, own_builds)
         if leftovers:
             log.info("removing leftover containers", extra={"owner": self.owner, "count": len(leftovers)})
             await asyncio.gather(*(self._run(self._docker.remove, cid) for cid in leftovers), return_exceptions=True)
         for path in await self._run(lambda: list(self._work_dir.glob(f"{NAME_PREFIX}*"))):
             if path.name not in self._containers:
-                await self._run(shutil.rmtree, path, True)
+                await self._run(release_dir, path)
+        if self._staging_dir is not None:
+            await self._run(self._empty_staging, own_builds)
+
+    def _empty_staging(self, own_builds: bool) -> None:
+        if not self._staging_dir.is_dir():
+            return
+        for path in self._staging_dir.iterdir():
+            if own_builds or path.name != self.instance:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
