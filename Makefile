@@ -33,7 +33,8 @@ $(NODE_STAMP): tests/package.json
 
 gen: $(GEN_STAMP)
 
-$(GEN_STAMP): $(STAMP) $(PROTOS) scripts/gen.sh
+# The OpenAPI document also reads the servicers' success codes.
+$(GEN_STAMP): $(STAMP) $(PROTOS) scripts/gen.sh scripts/openapi.py $(wildcard server/api/*.py)
 	scripts/gen.sh $(PYTHON)
 	touch $@
 

@@ -19,3 +19,5 @@ touch build/gen/functions/__init__.py build/gen/functions/v1/__init__.py
 purelib=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$(pwd)/build/gen" > "$purelib/functions-service-generated.pth"
 echo "generated build/gen and build/functions.pb"
+# The REST API as OpenAPI 3 (served by Envoy at /v1/openapi.json).
+"$PYTHON" scripts/openapi.py build/functions.pb build/openapi.json
