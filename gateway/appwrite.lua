@@ -1,7 +1,9 @@
 -- Appwrite 0.13's REST conventions on top of Envoy's gRPC-JSON transcoding.
 --
 -- Request: REST requests (anything not application/grpc) get the header
--- x-functions-rest, which scopes envoy.yaml's local_reply_config to them.
+-- x-functions-rest, which scopes envoy.yaml's local_reply_config to them. Header names that HTTP
+-- allows but gRPC metadata does not (`a~b`, `x|y`, ...) are dropped: the
+-- server's gRPC stack would refuse the whole request with a 500.
 -- Appwrite clients send JSON bodies on GET and DELETE ({} from Python,
 -- `null` from node and the CLI): those bodies are dropped, and a `null` body
 -- elsewhere counts as {}.
@@ -16,6 +18,9 @@
 --    and decodes JSON bodies.
 -- Headers must be changed before body() is called.
 
+-- The largest JSON request body (the API's largest legal one is far smaller).
+MAX_JSON_BODY = 4194304
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   local content_type = headers:get("content-type") or ""
@@ -23,6 +28,15 @@ function envoy_on_request(handle)
     return
   end
   headers:replace("x-functions-rest", "1")
+  local illegal = {}
+  for name, _ in pairs(headers) do
+    if string.sub(name, 1, 1) ~= ":" and string.find(name, "[^0-9a-z_.%-]") then
+      illegal[#illegal + 1] = name
+    end
+  end
+  for _, name in ipairs(illegal) do
+    headers:remove(name)
+  end
   handle:streamInfo():dynamicMetadata():set("functions.rest", "rest", "1")
   local method = headers:get(":method")
   if method == "GET" or method == "DELETE" or method == "HEAD" then
@@ -37,9 +51,19 @@ function envoy_on_request(handle)
     if body ~= nil then
       body:setBytes("")
     end
-  elseif string.sub(content_type, 1, 16) == "application/json" then
-    -- Only a short body can be `null`: others pass without being buffered here.
+  elseif string.sub(content_type, 1, 19) ~= "multipart/form-data" then
+    -- A JSON body past the limit is refused here with Appwrite's 413 body
+    -- (gRPC would refuse the message as RESOURCE_EXHAUSTED, a 429 that
+    -- clients retry). A chunked body without a length is buffered below, and
+    -- past Envoy's buffer limit Envoy answers 413 itself (local_reply_config
+    -- gives it the same shape). Uploads (multipart) stream and are exempt.
     local length = tonumber(headers:get("content-length") or "")
+    if length ~= nil and length > MAX_JSON_BODY then
+      -- A local reply: local_reply_config renders Appwrite's error body.
+      handle:respond({[":status"] = "413"}, "Request body too large: the limit is " .. MAX_JSON_BODY .. " bytes.")
+      return
+    end
+    -- Only a short body can be `null`: others pass without being buffered here.
     if length ~= nil and length >= 16 then
       return
     end

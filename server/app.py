@@ -21,14 +21,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from functions.v1 import deployment_pb2, deployment_pb2_grpc, execution_pb2, execution_pb2_grpc
-from functions.v1 import function_pb2, function_pb2_grpc, runtime_pb2, runtime_pb2_grpc
+from functions.v1 import deployment_pb2, execution_pb2, function_pb2, runtime_pb2
 
 from server.api.deployments import DeploymentServicer
 from server.api.endpoint import Blocking
 from server.api.executions import ExecutionServicer
 from server.api.functions import FunctionServicer
 from server.api.runtimes import RuntimeServicer
+from server.api.services import add_service
 from server.domain import auth
 from server.domain.builds import BuildQueue
 from server.domain.deployments import DeploymentRules
@@ -37,6 +37,7 @@ from server.domain.ratelimit import RateLimiter
 from server.domain.runner import ExecutionRunner
 from server.domain.functions import FunctionRules
 from server.domain.packages import PackageStore
+from server.domain.quotas import MB, StorageQuota
 from server.domain.runtimes import RuntimeCatalog, load_catalog
 from server.engine import Engine
 from server.settings import Settings
@@ -54,6 +55,10 @@ SERVICE_NAMES = [
 ]
 # Upload pieces from Envoy are at most 1 MiB; gRPC clients may send more.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Request headers: Envoy accepts up to 60 KiB (max_request_headers_kb) and
+# adds its own; grpc's default soft limit of 8 KiB refused some of them at
+# random with RESOURCE_EXHAUSTED (HTTP 429).
+MAX_METADATA_BYTES = 128 * 1024
 
 
 @dataclass
@@ -69,8 +74,20 @@ class Components:
     executions: ExecutionRules
 
 
+def secure_data_dir(settings: Settings) -> None:
+    """The data directory holds the database (function vars are secrets), keys
+    and every project's code: only the service's user may enter it. Older
+    data directories are tightened too."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    for path in (settings.sqlite_path, settings.jwt_secret_path, settings.bootstrap_key_path):
+        for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if candidate.exists():
+                os.chmod(candidate, 0o600)
+
+
 def build_components(settings: Settings) -> Components:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
     open_database(settings.database_url, settings.sqlite_path)
     runtimes = load_catalog(settings.runtime_catalog, settings.image_overrides)
     configured = RuntimeCatalog(runtimes, allowed=settings.runtimes).configured()
@@ -78,11 +95,14 @@ def build_components(settings: Settings) -> Components:
     catalog = RuntimeCatalog(runtimes, allowed=settings.runtimes, is_available=engine.image_available)
     packages = PackageStore(settings.data_dir.resolve())
     functions = FunctionRules(catalog=catalog, max_timeout=settings.max_timeout, vars_max_bytes=settings.vars_max_bytes)
+    quota = StorageQuota(project_bytes=settings.project_storage_mb * MB, pending_uploads=settings.max_pending_uploads,
+                         pending_upload_bytes=settings.pending_upload_mb * MB)
     builds = BuildQueue(catalog=catalog, packages=packages, offline=engine.offline_builder, online=engine.online_builder,
-                        ensure_image=engine.ensure_image, workers=settings.build_workers)
+                        ensure_image=engine.ensure_image, quota=quota, uncompressed_limit=settings.code_uncompressed_limit,
+                        workers=settings.build_workers)
     deployments = DeploymentRules(
         functions=functions, packages=packages, code_size_limit=settings.code_size_limit,
-        uncompressed_limit=settings.code_uncompressed_limit, enqueue_build=builds.enqueue,
+        uncompressed_limit=settings.code_uncompressed_limit, enqueue_build=builds.enqueue, quota=quota,
     )
     functions.on_delete.append(lambda fn, deps: [packages.remove(d.project, d.uid, d.build) for d in deps])
     executions = ExecutionRules(functions=functions, catalog=catalog,
@@ -138,28 +158,36 @@ def ensure_bootstrap_key(settings: Settings) -> None:
     log.info("bootstrap API key written", extra={"path": str(path.resolve()), "project": BOOTSTRAP_PROJECT})
 
 
-def create_server(components: Components, blocking: Blocking, runner: ExecutionRunner) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def create_server(components: Components, blocking: Blocking, runner: ExecutionRunner,
+                  gateway_secret: str = "") -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     settings = components.settings
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", max(MAX_MESSAGE_BYTES, settings.max_response_message_bytes)),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.max_concurrent_streams", 10000),
             ("grpc.so_reuseport", 0),
         ]
     )
-    base = dict(blocking=blocking, error_version=settings.error_version, authenticator=auth.Authenticator(jwt_secret(settings)))
-    function_pb2_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(components.functions, **base), server)
-    runtime_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(components.catalog, **base), server)
-    deployment_pb2_grpc.add_DeploymentServiceServicer_to_server(DeploymentServicer(components.deployments, **base), server)
-    execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
-        ExecutionServicer(components.executions, runner, **base), server
-    )
+    authenticator = auth.Authenticator(jwt_secret(settings), jwt_max_ttl=settings.jwt_max_ttl)
+    base = dict(blocking=blocking, error_version=settings.error_version, authenticator=authenticator,
+                gateway_secret=gateway_secret)
+    servicers = {
+        "FunctionService": (function_pb2, FunctionServicer(components.functions, **base)),
+        "RuntimeService": (runtime_pb2, RuntimeServicer(components.catalog, **base)),
+        "DeploymentService": (deployment_pb2, DeploymentServicer(components.deployments, **base)),
+        "ExecutionService": (execution_pb2, ExecutionServicer(components.executions, runner, **base)),
+    }
+    for name, (module, servicer) in servicers.items():
+        add_service(server, module.DESCRIPTOR.services_by_name[name], servicer)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    if settings.grpc_reflection:
+        reflection.enable_server_reflection(
+            SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        )
     address = settings.grpc_address
     if address.startswith("unix:"):
         socket_path = address[len("unix:"):]
@@ -181,8 +209,10 @@ async def _remove_stale_uploads(components: Components, blocking: Blocking) -> N
             log.exception("removing stale uploads failed")
 
 
-async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-    """Run the gRPC server until `stop` is set or SIGTERM/SIGINT arrives."""
+async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                gateway_secret: str = "") -> None:
+    """Run the gRPC server until `stop` is set or SIGTERM/SIGINT arrives.
+    Requests carrying `gateway_secret` come from our Envoy (see auth.client_address)."""
     # Work hops between the event loop and a few threads (store, Docker); a
     # thread waiting for the GIL would otherwise wait up to 5 ms per hop.
     sys.setswitchinterval(0.0002)
@@ -197,7 +227,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
         return await asyncio.shield(asyncio.wrap_future(writer.submit(fn)))
 
     runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, settings.async_workers, write)
-    server, health_servicer = create_server(components, blocking, runner)
+    server, health_servicer = create_server(components, blocking, runner, gateway_secret)
     components.builds.start()
     components.engine.prepare_images_in_background(components.catalog)
     if components.engine.pool is not None:

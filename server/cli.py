@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import sys
 
 from server import logs
@@ -27,14 +29,15 @@ async def _up(settings: Settings) -> int:
 
     stop = asyncio.Event()
     ready = asyncio.Event()
-    grpc_task = asyncio.create_task(serve(settings, ready=ready, stop=stop))
+    gateway_secret = secrets.token_hex(32)  # per start: only this Envoy knows it
+    grpc_task = asyncio.create_task(serve(settings, ready=ready, stop=stop, gateway_secret=gateway_secret))
     ready_or_failed = asyncio.create_task(ready.wait())
     await asyncio.wait({grpc_task, ready_or_failed}, return_when=asyncio.FIRST_COMPLETED)
     if grpc_task.done():
         ready_or_failed.cancel()
         grpc_task.result()
         return 1
-    envoy = await run_envoy(settings, settings.data_dir / "run")
+    envoy = await run_envoy(settings, settings.data_dir / "run", gateway_secret)
     envoy_exit = asyncio.create_task(envoy.wait())
     stop_wait = asyncio.create_task(stop.wait())
     print(
@@ -77,12 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     key = sub.add_parser("create-key", help="create an API key and print its secret")
     key.add_argument("project_id")
     key.add_argument("--name", default="operator")
-    key.add_argument("--scopes", default="", help="comma-separated; default: all scopes")
+    key.add_argument("--scopes", default=None, help="comma-separated; left out: all scopes (empty is an error)")
     sub.add_parser("settings", help="print the settings table")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
     logs.configure(settings.log_level)
+    # Files the service makes (database, keys, packages, builds, sockets) are
+    # its own: anything a sandbox must read is opened up explicitly.
+    os.umask(0o077)
     if args.command == "up":
         return asyncio.run(_up(settings))
     if args.command == "serve":
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(args.project_id)
         return 0
     if args.command == "create-key":
-        scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip()) or auth.ALL_SCOPES
+        scopes = auth.ALL_SCOPES if args.scopes is None else tuple(s.strip() for s in args.scopes.split(",") if s.strip())
         try:
             print(auth.create_key(args.project_id, args.name, scopes))
         except ValueError as error:

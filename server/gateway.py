@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import yaml
 
+from server.domain.auth import GATEWAY_HEADER
 from server.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = REPO_ROOT / "envoy.yaml"
 DESCRIPTOR = REPO_ROOT / "build" / "functions.pb"
 LUA_FILTER = REPO_ROOT / "gateway" / "appwrite.lua"
+OPENAPI = REPO_ROOT / "build" / "openapi.json"
 
 
 def _address(address: str) -> dict:
@@ -26,8 +29,9 @@ def _address(address: str) -> dict:
     return {"socket_address": {"address": host.strip("[]") or "127.0.0.1", "port_value": int(port)}}
 
 
-def render(settings: Settings, runtime_dir: Path) -> Path:
-    """Write the Envoy config for these settings; returns its path."""
+def render(settings: Settings, runtime_dir: Path, gateway_secret: str = "") -> Path:
+    """Write the Envoy config for these settings; returns its path (0600: it
+    holds the secret that tells the server a request came through us)."""
     config = yaml.safe_load(TEMPLATE.read_text())
     config["admin"]["address"] = {"pipe": {"path": str((runtime_dir / "envoy-admin.sock").resolve())}}
     listener = config["static_resources"]["listeners"][0]
@@ -39,13 +43,26 @@ def render(settings: Settings, runtime_dir: Path) -> Path:
             typed["default_source_code"] = {"filename": str(LUA_FILTER)}
         elif http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
             typed["proto_descriptor"] = str(DESCRIPTOR)
+            typed["max_response_body_size"] = max(typed["max_response_body_size"], settings.max_response_message_bytes)
+    for virtual_host in manager["route_config"]["virtual_hosts"]:
+        for route in virtual_host["routes"]:
+            if route.get("name") == "openapi":
+                route["direct_response"]["body"] = {"filename": str(OPENAPI)}
     for mapper in manager["local_reply_config"]["mappers"]:
         mapper["body_format_override"]["json_format"]["version"] = settings.error_version
     cluster = config["static_resources"]["clusters"][0]
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = _address(settings.grpc_address)
-    runtime_dir.mkdir(parents=True, exist_ok=True)
+    if gateway_secret:
+        # Overwrites whatever a client sent under that name.
+        manager["route_config"]["virtual_hosts"][0]["request_headers_to_add"] = [{
+            "header": {"key": GATEWAY_HEADER, "value": gateway_secret},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }]
+    runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = runtime_dir / "envoy.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -72,10 +89,22 @@ def command(settings: Settings, config_path: Path) -> list[str]:
     ]
 
 
-async def run_envoy(settings: Settings, runtime_dir: Path) -> asyncio.subprocess.Process:
-    if not DESCRIPTOR.exists():
-        raise SystemExit(f"{DESCRIPTOR} is missing: run `make gen`")
-    config_path = render(settings, runtime_dir)
-    process = await asyncio.create_subprocess_exec(*command(settings, config_path), stdin=asyncio.subprocess.DEVNULL)
+def die_with_parent(argv: list[str]) -> list[str]:
+    """`argv` run so that the kernel kills it when this process dies, even by
+    SIGKILL (parent-death signal): no orphan gateway stays bound to the port."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        log.warning("setpriv not found: the gateway may outlive a killed server")
+        return argv
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+
+
+async def run_envoy(settings: Settings, runtime_dir: Path, gateway_secret: str = "") -> asyncio.subprocess.Process:
+    for generated in (DESCRIPTOR, OPENAPI):
+        if not generated.exists():
+            raise SystemExit(f"{generated} is missing: run `make gen`")
+    config_path = render(settings, runtime_dir, gateway_secret)
+    process = await asyncio.create_subprocess_exec(*die_with_parent(command(settings, config_path)),
+                                                   stdin=asyncio.subprocess.DEVNULL)
     log.info("gateway starting", extra={"listen": f"{settings.host}:{settings.port}", "pid": process.pid})
     return process

@@ -48,7 +48,7 @@ def wheel(name: str, version: str, module_source: str) -> tuple[str, bytes]:
     record.append(f"{dist}/RECORD,,")
     files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path, content in files.items():
             zf.writestr(path, content)
     return f"{name}-{version}-py3-none-any.whl", buffer.getvalue()

@@ -14,11 +14,12 @@ from test_executions import deploy, execute
 CODE = {"main.py": "def main(req, res):\n    return res.json({'user': req.env['APPWRITE_FUNCTION_USER_ID']})\n"}
 
 
-def jwt_for(service, user, teams=(), expires_in=600, secret=None):
+def jwt_for(service, user, teams=(), expires_in=600, secret=None, project="default", **claims):
     from server.domain import jwt
 
     secret = secret or (service.data_dir / "jwt-secret").read_text().strip()
-    return jwt.encode({"userId": user, "teams": list(teams), "exp": int(time.time()) + expires_in}, secret)
+    body = {"projectId": project, "userId": user, "teams": list(teams), "exp": int(time.time()) + expires_in, **claims}
+    return jwt.encode(body, secret)
 
 
 def as_user(service, user, teams=()):

@@ -11,6 +11,7 @@ from functions.v1 import deployment_pb2_grpc
 
 from server.api import convert
 from server.api.endpoint import ServicerBase, endpoint, metadata_of, optional
+from server.api.services import require_decoded
 from server.domain.auth import Caller, Scope
 from server.domain.deployments import DeploymentRules
 from server.domain.errors import ApiError
@@ -35,7 +36,7 @@ class DeploymentServicer(ServicerBase, deployment_pb2_grpc.DeploymentServiceServ
         """Streams the body to disk piece by piece; the first message carries
         the function ID (and, from gRPC clients, entrypoint and activate)."""
         try:
-            first = await request_iterator.__anext__()
+            first = require_decoded(await request_iterator.__anext__())
         except StopAsyncIteration:
             raise ApiError(400, "storage_file_empty", "No file sent") from None
         upload = await self.blocking(
@@ -45,10 +46,12 @@ class DeploymentServicer(ServicerBase, deployment_pb2_grpc.DeploymentServiceServ
         try:
             await self.blocking(upload.feed, first.body.data)
             async for message in request_iterator:
-                await self.blocking(upload.feed, message.body.data)
+                await self.blocking(upload.feed, require_decoded(message).body.data)
             deployment = await self.blocking(upload.finish)
-        except asyncio.CancelledError:  # the client went away: leave nothing behind
-            upload.abort()
+        except asyncio.CancelledError:
+            # The client went away, maybe while a feed still runs on its thread:
+            # the abort waits for it there (Upload's lock), off the event loop.
+            self.blocking.submit(upload.abort)
             raise
         except Exception:
             await self.blocking(upload.abort)

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import grpc
 
-from server.domain.auth import Authenticator, Caller, Scope
+from server.api.services import Undecodable, undecodable_error
+from server.domain.auth import Authenticator, Caller, Scope, client_address
 from server.domain.errors import ApiError, server_error
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,18 @@ class Blocking:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
+    def submit(self, fn: Callable[..., Any], *args) -> None:
+        """Run `fn` in the background; nobody waits (failures are logged)."""
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(_log_failure)
+
     def shutdown(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _log_failure(future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("background work failed", exc_info=future.exception())
 
 
 def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -68,15 +79,17 @@ async def abort_with(context: grpc.aio.ServicerContext, error: ApiError, version
 class ServicerBase:
     """Shared plumbing for servicers; see `endpoint`."""
 
-    def __init__(self, blocking: Blocking, error_version: str, authenticator: Authenticator):
+    def __init__(self, blocking: Blocking, error_version: str, authenticator: Authenticator, gateway_secret: str = ""):
         self.blocking = blocking
         self.error_version = error_version
         self.authenticator = authenticator
+        self.gateway_secret = gateway_secret
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         metadata = metadata_of(context)
-        caller = self.authenticator.cached(metadata)  # no thread hop when nothing needs the DB
-        return caller if caller is not None else await self.blocking(self.authenticator, metadata)
+        address = client_address(metadata, context.peer() or "", self.gateway_secret)
+        caller = self.authenticator.cached(metadata, address)  # no thread hop when nothing needs the DB
+        return caller if caller is not None else await self.blocking(self.authenticator, metadata, address)
 
     async def fail(self, context: grpc.aio.ServicerContext, error: BaseException, rpc: str) -> None:
         if not isinstance(error, ApiError):
@@ -112,6 +125,8 @@ def endpoint(scope: Scope | None, http_status: int = 200):
                 caller = await self.authenticate(context)
                 if scope is not None:
                     caller.require(scope)
+                if isinstance(request, Undecodable):
+                    raise undecodable_error()
                 if is_async:
                     response = await handler(self, request, caller, context)
                 else:

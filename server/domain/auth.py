@@ -117,19 +117,21 @@ class Authenticator:
     """Turns request metadata into a Caller (blocking: may read the DB).
 
     Precedence: an API key, else an end-user JWT (HS256 with `jwt_secret`),
-    else a guest.
+    else a guest. `address` is the caller's address as the transport saw it
+    (see `client_address`), for rate limits of anonymous callers.
     """
 
     jwt_secret: str
+    jwt_max_ttl: float = 3600
 
-    def cached(self, metadata: Mapping[str, str]) -> Caller | None:
+    def cached(self, metadata: Mapping[str, str], address: str = "") -> Caller | None:
         """The caller when every lookup is cached (no I/O), else None."""
-        return self._resolve(metadata, cached_only=True)
+        return self._resolve(metadata, address, cached_only=True)
 
-    def __call__(self, metadata: Mapping[str, str]) -> Caller:
-        return self._resolve(metadata, cached_only=False)
+    def __call__(self, metadata: Mapping[str, str], address: str = "") -> Caller:
+        return self._resolve(metadata, address, cached_only=False)
 
-    def _resolve(self, metadata: Mapping[str, str], cached_only: bool) -> Caller | None:
+    def _resolve(self, metadata: Mapping[str, str], address: str, cached_only: bool) -> Caller | None:
         project_id = project_of(metadata)
         if cached_only and not _recent.has(("project", project_id)):
             return None
@@ -148,13 +150,13 @@ class Authenticator:
         token = metadata.get("x-appwrite-jwt", "")
         if token:
             try:
-                claims = jwt.decode(token, self.jwt_secret)
+                claims = jwt.decode(token, self.jwt_secret, project_id, self.jwt_max_ttl)
             except jwt.InvalidToken as error:
                 raise ApiError(401, "user_jwt_invalid", f"Failed to verify JWT. {error}") from None
             user_id = claims.get("userId") or claims.get("sub")
             roles = {"role:all", "role:member", f"user:{user_id}"}
-            for membership in claims.get("teams") or []:
-                if isinstance(membership, str) and membership:
+            for membership in claims.get("teams", []):
+                if membership:
                     team, _, team_role = membership.partition("/")
                     roles.add(f"team:{team}")
                     if team_role:
@@ -162,7 +164,7 @@ class Authenticator:
             return Caller(project=project_id, role="member", scopes=MEMBER_SCOPES, user_id=user_id,
                           roles=frozenset(roles), jwt=token)
         return Caller(project=project_id, role="guest", scopes=frozenset(), roles=frozenset({"role:guest", "role:all"}),
-                      address=_client_address(metadata))
+                      address=address)
 
 
 def project_of(metadata: Mapping[str, str]) -> str:
@@ -179,10 +181,31 @@ def project_of(metadata: Mapping[str, str]) -> str:
     return DEFAULT_PROJECT
 
 
-def _client_address(metadata: Mapping[str, str]) -> str:
-    """The caller's address as the gateway saw it (Envoy sets x-envoy-external-address)."""
-    forwarded = metadata.get("x-envoy-external-address") or metadata.get("x-forwarded-for", "").split(",")[-1]
-    return forwarded.strip()
+GATEWAY_HEADER = "x-functions-gateway"  # Envoy sets it (overwriting any a client sent)
+
+
+def client_address(metadata: Mapping[str, str], peer: str, gateway_secret: str) -> str:
+    """The caller's address. On requests that carry the gateway's secret it is
+    the last x-forwarded-for entry, the peer Envoy itself appended
+    (use_remote_address); earlier entries, and x-envoy-* headers, which Envoy
+    passes through from loopback clients, are the client's word and ignored.
+    Anyone else is known by the transport's peer address, so a direct gRPC
+    client cannot pose as many."""
+    if gateway_secret and secrets.compare_digest(metadata.get(GATEWAY_HEADER, ""), gateway_secret):
+        forwarded = metadata.get("x-forwarded-for", "").split(",")[-1].strip()
+        if forwarded:
+            return forwarded
+    return _peer_host(peer)
+
+
+def _peer_host(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` -> `127.0.0.1`, `ipv6:[::1]:5000` -> `::1`, `unix:...` -> `unix`."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return kind
 
 
 def create_project(project_id: str, name: str = "") -> Project:
@@ -192,6 +215,8 @@ def create_project(project_id: str, name: str = "") -> Project:
 
 def create_key(project_id: str, name: str, scopes: tuple[str, ...] = ALL_SCOPES) -> str:
     """Create an API key and return its secret (shown once; only its hash is stored)."""
+    if not scopes:
+        raise ValueError("a key needs at least one scope: " + ", ".join(ALL_SCOPES))
     unknown = set(scopes) - set(ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")

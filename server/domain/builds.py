@@ -10,6 +10,7 @@ queued again at start-up, so none stays stuck.
 from __future__ import annotations
 
 import logging
+import shutil
 import tarfile
 import threading
 import time
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+import peewee as pw
+
 from server.domain import changes
 from server.domain.packages import PackageStore, normalize_member
+from server.domain.quotas import StorageQuota, tree_size
 from server.domain.runtimes import Runtime, RuntimeCatalog
 from server.store.db import database
 from server.store.models import Build, Deployment, Function
@@ -26,6 +30,12 @@ from server.store.models import Build, Deployment, Function
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL = 16_384
+CLAIM_ATTEMPTS = 8
+
+
+class BuildInterrupted(Exception):
+    """The build's container was removed under it (the service stopping, or an
+    operator): not the build's fault, so it is queued again."""
 
 
 class BuildRunner(Protocol):
@@ -53,6 +63,8 @@ class BuildQueue:
     offline: BuildRunner
     online: BuildRunner
     ensure_image: Callable[[Runtime], str]
+    quota: StorageQuota
+    uncompressed_limit: int
     workers: int = 1
     on_ready: list[Callable[[Build, Deployment, Function], None]] = field(default_factory=list)
 
@@ -84,19 +96,32 @@ class BuildQueue:
             self._wake.notify()
 
     def _claim(self) -> Build | None:
-        with database.atomic():
-            candidate = Build.select().where(Build.status == "processing").order_by(Build.seq).first()
-            if candidate is None:
-                return None
-            claimed = Build.update(status="building", start_time=int(time.time())).where(
-                (Build.seq == candidate.seq) & (Build.status == "processing")
-            ).execute()
-        return Build.get_by_id(candidate.seq) if claimed else None
+        """The oldest queued build, now `building`. One UPDATE statement: a
+        read-then-write transaction would have to upgrade its SQLite lock,
+        which fails at once ("database is locked") when another writer
+        committed in between, without waiting for the busy timeout."""
+        oldest = Build.select(Build.seq).where(Build.status == "processing").order_by(Build.seq).limit(1)
+        rows = list(Build.update(status="building", start_time=int(time.time())).where(
+            (Build.seq == oldest) & (Build.status == "processing")
+        ).returning(Build.seq).execute())
+        return Build.get_by_id(rows[0].seq) if rows else None
+
+    def _claim_with_retry(self) -> Build | None:
+        """A claim that meets a busy database is tried again, not given up."""
+        for attempt in range(CLAIM_ATTEMPTS):
+            try:
+                return self._claim()
+            except pw.OperationalError as error:  # "database is locked" and friends
+                if attempt == CLAIM_ATTEMPTS - 1:
+                    log.warning("claiming a build failed; the next round tries again", extra={"error": str(error)})
+                    return None
+                self._stop.wait(min(0.05 * 2 ** attempt, 1.0))
+        return None
 
     def _work(self) -> None:
         while not self._stop.is_set():
             try:
-                build = self._claim()
+                build = self._claim_with_retry()
             except Exception:
                 log.exception("claiming a build failed")
                 build = None
@@ -106,6 +131,10 @@ class BuildQueue:
                 continue
             try:
                 self._run(build)
+            except BuildInterrupted:
+                Build.update(status="processing", start_time=0).where(
+                    (Build.seq == build.seq) & (Build.status == "building")).execute()
+                log.info("build interrupted: its container went away; queued again", extra={"build": build.uid})
             except Exception as error:  # a broken build must not stop the worker
                 log.exception("build crashed", extra={"build": build.uid})
                 self._finish(build, ok=False, stdout="", stderr=f"Build failed: internal error: {error}", duration=0.0)
@@ -127,15 +156,23 @@ class BuildQueue:
         output = self.packages.build_dir(build.project, build.uid)
         runner = self.online if declares_dependencies(Path(dep.path)) else self.offline
         result = runner.build(runtime, image, Path(dep.path), dep.entrypoint, output, dict(fn.vars))
-        self._finish(build, ok=result.ok, stdout=result.stdout, stderr=result.stderr, duration=result.duration,
-                     output=str(output) if result.ok else "")
+        ok, stderr, output_bytes = result.ok, result.stderr, 0
+        if ok:
+            output_bytes = tree_size(output)
+            problem = self.quota.build_output_problem(build.project, output_bytes, self.uncompressed_limit)
+            if problem is not None:
+                shutil.rmtree(output, ignore_errors=True)
+                ok, stderr, output_bytes = False, f"{stderr}{problem}\n", 0
+        self._finish(build, ok=ok, stdout=result.stdout, stderr=stderr, duration=result.duration,
+                     output=str(output) if ok else "", output_bytes=output_bytes)
 
-    def _finish(self, build: Build, *, ok: bool, stdout: str, stderr: str, duration: float, output: str = "") -> None:
+    def _finish(self, build: Build, *, ok: bool, stdout: str, stderr: str, duration: float, output: str = "",
+                output_bytes: int = 0) -> None:
         now = int(time.time())
         with database.atomic():
             updated = Build.update(
                 status="ready" if ok else "failed", stdout=stdout[-OUTPUT_TAIL:], stderr=stderr[-OUTPUT_TAIL:],
-                output_path=output, end_time=now, duration=int(round(duration)),
+                output_path=output, output_bytes=output_bytes, end_time=now, duration=int(round(duration)),
             ).where((Build.seq == build.seq) & (Build.status == "building")).execute()
             if not updated:
                 return  # deleted meanwhile

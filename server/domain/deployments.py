@@ -28,6 +28,7 @@ from server.domain.errors import (
 from server.domain.functions import FunctionRules
 from server.domain.listing import page_request
 from server.domain.packages import PackageStore, check_archive
+from server.domain.quotas import StorageQuota, storage_exceeded
 from server.domain.uploads import ContentRange, FileSink, UploadReader, parse_bool, too_large
 from server.store import counts, search
 from server.store.db import database
@@ -66,6 +67,7 @@ class DeploymentRules:
     code_size_limit: int
     uncompressed_limit: int
     enqueue_build: Callable[[Build], None]
+    quota: StorageQuota
     on_delete: list[Callable[[Deployment], None]] = field(default_factory=list)
     on_activate: list[Callable[[Function], None]] = field(default_factory=list)
 
@@ -75,6 +77,8 @@ class DeploymentRules:
     # ---- reading ----------------------------------------------------------
 
     def get(self, project: str, function_id: str, deployment_id: str) -> tuple[Deployment, Build | None]:
+        v.uid("functionId", function_id)
+        v.uid("deploymentId", deployment_id)  # every path ID before any lookup
         self.functions.get(project, function_id)
         dep = Deployment.get_or_none((Deployment.project == project) & (Deployment.uid == deployment_id) & (Deployment.function == function_id))
         if dep is None:
@@ -119,14 +123,23 @@ class DeploymentRules:
             if existing.size != chunk.size:
                 raise ApiError(400, "storage_invalid_content_range", "Content-Range total differs from the upload's first chunk.")
         deployment_id = existing.uid if existing else v.new_id()
+        overflow = None
         if chunk:
+            if existing is None:
+                self.quota.admit_chunked_upload(project, chunk.size)
             path = self.packages.upload_path(project, f"{deployment_id}.part")
             limit, offset, truncate = chunk.length, chunk.start, False
+            earlier = existing.received if existing else []
         else:
+            room = self.quota.room_for_upload(project)
+            if room < self.code_size_limit:
+                overflow = storage_exceeded(self.quota.project_bytes)
             path = self.packages.upload_path(project, f"{deployment_id}.{uuid.uuid4().hex[:8]}.upload")
-            limit, offset, truncate = self.code_size_limit, 0, True
+            limit, offset, truncate = min(self.code_size_limit, room), 0, True
+            earlier = []
         return Upload(self, fn, deployment_id, existing, chunk, path,
-                      UploadReader(content_type, lambda: FileSink(path, offset, limit, truncate)), entrypoint, activate)
+                      UploadReader(content_type, lambda: FileSink(path, offset, limit, truncate, overflow, earlier)),
+                      entrypoint, activate)
 
     def finish_upload(self, upload: "Upload") -> Deployment:
         received = upload.reader.finish()
@@ -134,18 +147,18 @@ class DeploymentRules:
         fields = received.fields
         entrypoint = fields.get("entrypoint", upload.entrypoint)
         activate = parse_bool("activate", fields["activate"]) if "activate" in fields else bool(upload.activate)
-        if received.sink is None or received.sink.received == 0 and upload.chunk is None:
+        if received.sink is None or received.sink.count == 0 and upload.chunk is None:
             raise ApiError(400, "storage_file_empty", "No file sent")
         if upload.existing is None:
             if entrypoint == "":
                 raise missing_argument("entrypoint")
             v.text("entrypoint", entrypoint, 1028)
         if upload.chunk is None:
-            return self._complete(upload, upload.path, entrypoint, activate, received.sink.received,
+            return self._complete(upload, upload.path, entrypoint, activate, received.sink.count,
                                   received.sink.sha256.hexdigest(), chunks=(1, 1))
-        if received.sink.received != upload.chunk.length:
+        if received.sink.count != upload.chunk.length:
             raise ApiError(400, "storage_invalid_content_range",
-                           f"The chunk holds {received.sink.received} bytes; Content-Range says {upload.chunk.length}.")
+                           f"The chunk holds {received.sink.count} bytes; Content-Range says {upload.chunk.length}.")
         return self._record_chunk(upload, entrypoint, activate)
 
     def _record_chunk(self, upload: "Upload", entrypoint: str, activate: bool) -> Deployment:
@@ -262,6 +275,7 @@ class DeploymentRules:
             hook(dep)
 
     def retry_build(self, project: str, function_id: str, deployment_id: str, build_id: str) -> None:
+        v.uid("buildId", build_id)
         dep, build = self.get(project, function_id, deployment_id)
         if build is None or build.uid != build_id:
             raise build_not_found()
@@ -291,24 +305,47 @@ class Upload:
     entrypoint: str
     activate: bool | None
 
+    # feed, finish and abort run on blocking threads, one at a time (the lock),
+    # and once the upload is finished or aborted nothing touches its file
+    # again: a client that hangs up mid-feed gets its abort queued behind that
+    # feed, never a second close of a file descriptor another thread may reuse.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _ended: bool = False
+
     def feed(self, data: bytes) -> None:
-        self.reader.feed(data)
+        with self._lock:
+            if self._ended:
+                raise ApiError(400, "general_argument_invalid", "The upload was aborted.")
+            self.reader.feed(data)
 
     def finish(self) -> Deployment:
-        try:
-            return self.rules.finish_upload(self)
-        except BaseException:
-            self.abort()
-            raise
+        with self._lock:
+            if self._ended:
+                raise ApiError(400, "general_argument_invalid", "The upload was aborted.")
+            self._ended = True
+            try:
+                return self.rules.finish_upload(self)
+            except BaseException:
+                self._remove_leftovers()
+                raise
 
     def abort(self) -> None:
-        """Leave nothing behind: a whole-file upload's temp file goes; a chunk's
-        bytes stay only in its own range of the part file, which a re-send overwrites.
-        The first chunk of an upload that never got a row removes its part file."""
+        """Leave nothing behind (once; a no-op after finish or an earlier abort)."""
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """A whole-file upload's temp file goes; a chunk's bytes stay only in
+        its own range of the part file, which a re-send overwrites. The first
+        chunk of an upload that never got a row removes its part file."""
         self.reader.close()
         if self.chunk is None:
             self.path.unlink(missing_ok=True)
-        elif self.existing is None and Deployment.get_or_none(Deployment.uid == self.deployment_id) is None:
+        elif self.existing is None and Deployment.get_or_none(
+                (Deployment.project == self.fn.project) & (Deployment.uid == self.deployment_id)) is None:
             self.path.unlink(missing_ok=True)
 
 

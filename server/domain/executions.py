@@ -123,23 +123,30 @@ class ExecutionRules:
             "APPWRITE_FUNCTION_JWT": caller.jwt,
         }
 
-    def record(self, run: Runnable, caller: Caller, data: str, outcome: Outcome | None) -> Execution:
-        """Store a new execution: finished (sync) or waiting (async, `outcome` None)."""
-        fields = _outcome_fields(outcome) if outcome else dict(
-            status="waiting", status_code=0, stdout="", stderr="", logs="", errors="", time=0.0)
+    def record(self, run: Runnable, caller: Caller, data: str, sync: bool) -> Execution:
+        """Store a new execution: `processing` for a sync run about to start
+        (so a crash leaves a record, never nothing), else `waiting` (the
+        async queue; 429 past max_waiting)."""
         with database.atomic():
-            if outcome is None:
+            if not sync:
                 waiting = Execution.select().where((Execution.project == caller.project) & (Execution.status == "waiting")).count()
                 if waiting >= self.max_waiting:
                     raise ApiError(429, "general_rate_limit_exceeded", "Too many executions waiting; retry later.")
             row = dict(
                 project=caller.project, uid=v.new_id(), function=run.function.uid, deployment=run.deployment.uid,
                 read=[f"user:{caller.user_id}"] if caller.user_id else [], trigger="http", data=data,
-                user_id=caller.user_id, date_created=int(time.time()), **fields,
+                user_id=caller.user_id, date_created=int(time.time()),
+                status="processing" if sync else "waiting", run_started=_now_ms() if sync else 0,
+                status_code=0, stdout="", stderr="", logs="", errors="", time=0.0,
             )
             seq = statements.insert(Execution, row)
             counts.adjust(SEARCH_KIND, caller.project, run.function.uid, 1)
         return Execution(seq=seq, **row)
+
+    def discard(self, ex: Execution) -> None:
+        """Remove a sync execution whose function never ran (the caller got an error instead)."""
+        if Execution.delete().where(Execution.seq == ex.seq).execute():
+            counts.adjust(SEARCH_KIND, ex.project, ex.function, -1)
 
     # ---- the async queue ---------------------------------------------------
 
@@ -151,19 +158,33 @@ class ExecutionRules:
     def waiting(self, limit: int = 1000) -> list[int]:
         return [row.seq for row in Execution.select(Execution.seq).where(Execution.status == "waiting").order_by(Execution.seq).limit(limit)]
 
-    def finish(self, ex: Execution, outcome: Outcome) -> None:
-        Execution.update(**_outcome_fields(outcome)).where(Execution.seq == ex.seq).execute()
+    def mark_started(self, ex: Execution) -> None:
+        """The function is about to get its request: from now on a crash fails it."""
+        Execution.update(run_started=_now_ms()).where(Execution.seq == ex.seq).execute()
+
+    def finish(self, ex: Execution, outcome: Outcome) -> Execution:
+        fields = _outcome_fields(outcome)
+        Execution.update(**fields).where(Execution.seq == ex.seq).execute()
+        for name, value in fields.items():
+            setattr(ex, name, value)
+        return ex
 
     def fail(self, ex: Execution, message: str, status_code: int = 500) -> None:
         Execution.update(status="failed", status_code=status_code, stderr=message[-OUTPUT_TAIL:]).where(
             Execution.seq == ex.seq
         ).execute()
 
-    def interrupted(self) -> int:
-        """At start-up: executions cut off mid-run by a stop end as failed."""
-        return Execution.update(
-            status="failed", status_code=500, stderr="Execution interrupted: the service stopped while it ran."
-        ).where(Execution.status == "processing").execute()
+    def interrupted(self) -> tuple[int, int]:
+        """At start-up, after a stop: executions claimed but never started go
+        back to the queue; those whose function had started end failed.
+        Returns (queued again, failed)."""
+        with database.atomic():
+            requeued = Execution.update(status="waiting").where(
+                (Execution.status == "processing") & (Execution.run_started == 0)).execute()
+            failed = Execution.update(
+                status="failed", status_code=500, stderr="Execution interrupted: the service stopped while it ran."
+            ).where(Execution.status == "processing").execute()
+        return requeued, failed
 
     def runnable_for(self, ex: Execution) -> Runnable:
         """The run of a waiting execution: the deployment it was created for."""
@@ -195,6 +216,8 @@ class ExecutionRules:
 
     def get(self, caller: Caller, function_id: str, execution_id: str) -> Execution:
         self._require_read(caller)
+        v.uid("functionId", function_id)
+        v.uid("executionId", execution_id)  # every path ID before any lookup
         self.functions.get(caller.project, function_id)
         ex = Execution.get_or_none((Execution.project == caller.project) & (Execution.uid == execution_id)
                                    & (Execution.function == function_id))
@@ -232,6 +255,10 @@ def _id_word_matches(function_id: str, word: str) -> pw.Expression:
     if any(part.startswith(word) for part in search.words(function_id)):
         return pw.SQL("1 = 1")
     return pw.fn.LOWER(Execution.uid).startswith(word)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _outcome_fields(outcome: Outcome) -> dict:

@@ -77,6 +77,7 @@ class FunctionRules:
         return fn
 
     def get(self, project: str, function_id: str) -> Function:
+        v.uid("functionId", function_id)  # 400 before any lookup, as Appwrite's UID validator
         fn = Function.get_or_none((Function.project == project) & (Function.uid == function_id))
         if fn is None:
             raise function_not_found()

@@ -21,7 +21,9 @@ from server.store.models import Execution
 
 log = logging.getLogger(__name__)
 
-Invoke = Callable[[Runnable, str, dict, float], Awaitable[Outcome]]
+# invoke(run, payload, env, timeout, on_start=None): `on_start` is awaited once
+# a container holds the code, right before the function gets its request.
+Invoke = Callable[..., Awaitable[Outcome]]
 
 
 class ExecutionRunner:
@@ -38,9 +40,10 @@ class ExecutionRunner:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        interrupted = await self.blocking(self.rules.interrupted)
-        if interrupted:
-            log.warning("executions cut off by a stop marked failed", extra={"count": interrupted})
+        requeued, failed = await self.blocking(self.rules.interrupted)
+        if requeued or failed:
+            log.warning("executions cut off by a stop: never-started ones queued again, started ones failed",
+                        extra={"requeued": requeued, "failed": failed})
         self._tasks = [asyncio.create_task(self._work(), name=f"execution-worker-{i}") for i in range(self.workers)]
         self._tasks.append(asyncio.create_task(self._sweep(), name="execution-sweeper"))
 
@@ -50,12 +53,18 @@ class ExecutionRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def run_sync(self, run: Runnable, caller: Caller, data: str) -> Execution:
+        """Recorded `processing` first, so a crash mid-run leaves a record (failed at restart)."""
+        execution = await self.write(functools.partial(self.rules.record, run, caller, data, True))
         env = self.rules.environment(run, caller, data)
-        outcome = await self.invoke(run, data, env, float(run.function.timeout))
-        return await self.write(functools.partial(self.rules.record, run, caller, data, outcome))
+        try:
+            outcome = await self.invoke(run, data, env, float(run.function.timeout))
+        except ApiError:  # refused before the function ran (busy, shutting down): no record
+            await self.write(functools.partial(self.rules.discard, execution))
+            raise
+        return await self.write(functools.partial(self.rules.finish, execution, outcome))
 
     async def submit(self, run: Runnable, caller: Caller, data: str) -> Execution:
-        execution = await self.write(functools.partial(self.rules.record, run, caller, data, None))
+        execution = await self.write(functools.partial(self.rules.record, run, caller, data, False))
         self._enqueue(execution.seq)
         return execution
 
@@ -96,8 +105,11 @@ class ExecutionRunner:
         caller = Caller(project=execution.project, role="member" if execution.user_id else "guest",
                         scopes=frozenset(), user_id=execution.user_id)
         env = self.rules.environment(run, caller, execution.data)
+        async def started() -> None:
+            await self.write(functools.partial(self.rules.mark_started, execution))
+
         try:
-            outcome = await self.invoke(run, execution.data, env, float(run.function.timeout))
+            outcome = await self.invoke(run, execution.data, env, float(run.function.timeout), on_start=started)
         except ApiError as error:
             await self.write(functools.partial(self.rules.fail, execution, error.message))
             return

@@ -42,7 +42,7 @@ class ContentRange:
     @classmethod
     def parse(cls, header: str) -> "ContentRange":
         match = _RANGE.match(header)
-        if not match:
+        if not match or match[1].lower() != "bytes":
             raise invalid_range()
         start, end, size = int(match[2]), int(match[3]), int(match[4])
         if not start <= end <= size or size == 0 or start >= size:
@@ -61,22 +61,43 @@ def invalid_range() -> ApiError:
 class FileSink:
     """Writes a byte stream into a file at an offset, hashing and counting it."""
 
-    def __init__(self, path: Path, offset: int, limit: int, mode_new: bool):
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode_new else 0)
+    def __init__(self, path: Path, offset: int, limit: int, mode_new: bool, overflow: ApiError | None = None,
+                 received: list[list[int]] | tuple = ()):
+        flags = (os.O_RDWR if received else os.O_WRONLY) | os.O_CREAT | (os.O_TRUNC if mode_new else 0)
         self.fd = os.open(path, flags, 0o600)
+        # [start, end) ranges of the file that earlier chunks wrote: bytes sent
+        # again there must be the same, and are compared instead of written.
+        self.received = [tuple(r) for r in received]
         self.path = path
         self.position = offset
-        self.received = 0
+        self.count = 0  # bytes of this request so far
         self.limit = limit
+        self.overflow = overflow or too_large(limit)  # what passing the limit answers
         self.sha256 = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
-        if self.received + len(data) > self.limit:
-            raise too_large(self.limit)
-        os.pwrite(self.fd, data, self.position)
+        if self.count + len(data) > self.limit:
+            raise self.overflow
+        if self.received:
+            self._write_checked(data)
+        else:
+            os.pwrite(self.fd, data, self.position)
         self.position += len(data)
-        self.received += len(data)
+        self.count += len(data)
         self.sha256.update(data)
+
+    def _write_checked(self, data: bytes) -> None:
+        """Bytes inside earlier ranges must match what is there; others are written."""
+        start, end = self.position, self.position + len(data)
+        cuts = sorted({start, end, *(b for r in self.received for b in r if start < b < end)})
+        for lo, hi in zip(cuts, cuts[1:]):
+            piece = data[lo - start:hi - start]
+            if any(a <= lo and hi <= b for a, b in self.received):
+                if os.pread(self.fd, hi - lo, lo) != piece:
+                    raise ApiError(400, "storage_invalid_content_range",
+                                   f"The chunk overlaps bytes {lo}-{hi - 1} of earlier chunks with different content.")
+            else:
+                os.pwrite(self.fd, piece, lo)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 database = peewee.DatabaseProxy()
 
 # Bump when a migration is added to _MIGRATIONS.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _schema_lock = threading.Lock()
 
 
@@ -76,9 +76,20 @@ def _migrate(db: peewee.Database) -> None:
         row.save()
 
 
+def _add_run_started_and_output_bytes(db: peewee.Database) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(db)
+    migrate(
+        migrator.add_column("execution", "run_started", peewee.BigIntegerField(default=0)),
+        migrator.add_column("build", "output_bytes", peewee.BigIntegerField(default=0)),
+    )
+
+
 # version -> list of callables(db). create_tables(safe=True) creates new tables
-# and indexes; migrations only handle changes to existing tables.
-_MIGRATIONS: dict[int, list] = {}
+# and indexes (a new database starts at SCHEMA_VERSION); migrations only
+# handle changes to existing tables.
+_MIGRATIONS: dict[int, list] = {2: [_add_run_started_and_output_bytes]}
 
 
 def close_database() -> None:

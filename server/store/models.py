@@ -108,6 +108,7 @@ class Build(BaseModel):
     stdout = pw.TextField(default="")
     stderr = pw.TextField(default="")
     output_path = pw.CharField(max_length=1024, default="")
+    output_bytes = pw.BigIntegerField(default=0)  # size of the build output on disk (project quota)
     start_time = pw.BigIntegerField(default=0)
     end_time = pw.BigIntegerField(default=0)
     duration = pw.IntegerField(default=0)
@@ -126,6 +127,10 @@ class Execution(BaseModel):
     trigger = pw.CharField(max_length=16, default="http")
     # waiting -> processing -> completed | failed
     status = pw.CharField(max_length=16, default="waiting")
+    # Unix ms when the function was handed its request (0: not yet). After a
+    # crash a `processing` execution that never started is queued again; one
+    # that started ends failed. Sync executions count as started when recorded.
+    run_started = pw.BigIntegerField(default=0)
     status_code = pw.IntegerField(default=0)
     stdout = pw.TextField(default="")
     stderr = pw.TextField(default="")
