@@ -266,7 +266,7 @@ def _outcome_fields(outcome: Outcome) -> dict:
     return {
         "status": "completed" if completed else "failed",
         "status_code": outcome.status_code,
-        "stdout": outcome.body[-OUTPUT_TAIL:],
+        "stdout": outcome.body,  # whole: the runtime refuses bodies past FUNCTIONS_RESPONSE_MAX_BYTES
         "stderr": outcome.error[-OUTPUT_TAIL:],
         "logs": outcome.logs[-OUTPUT_TAIL:],
         "errors": outcome.errors[-OUTPUT_TAIL:],
