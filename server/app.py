@@ -252,6 +252,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     await server.stop(grace=5)
     janitor.cancel()
     await runner.stop()
+    components.builds.stopping()  # before the pool's sweep removes running build containers
     if components.engine.pool is not None:
         await components.engine.pool.stop()
     await blocking(components.builds.stop)

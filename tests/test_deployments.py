@@ -60,7 +60,7 @@ def test_python_function_builds_and_activates(service, unique_id):
     assert dep["status"] in ("processing", "building")
     assert (dep["chunksTotal"], dep["chunksUploaded"]) == (1, 1)
     final, seen = wait_build(service, fid, dep["$id"])
-    assert final["status"] == "ready", final
+    assert final["status"] == "ready", final["buildStderr"]
     assert seen[-1] == "ready"
     fn = requests.get(f"{service.url}/functions/{fid}", headers=service.headers()).json()
     assert fn["deployment"] == dep["$id"]
@@ -364,7 +364,7 @@ def test_restart_during_a_build_finishes_it(fresh_service, unique_id):
     assert svc.stop() == 0
     svc.start()
     final, _ = wait_build(svc, fid, dep["$id"])
-    assert final["status"] == "ready", final
+    assert final["status"] == "ready", final["buildStderr"]
     fn = requests.get(f"{svc.url}/functions/{fid}", headers=svc.headers()).json()
     assert fn["deployment"] == dep["$id"]
 

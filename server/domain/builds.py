@@ -84,6 +84,11 @@ class BuildQueue:
             thread.start()
             self._threads.append(thread)
 
+    def stopping(self) -> None:
+        """From now on the service is stopping: a build cut off by it (its
+        container removed, killed mid-run) is queued again, never failed."""
+        self._stop.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         with self._wake:
@@ -156,6 +161,8 @@ class BuildQueue:
         output = self.packages.build_dir(build.project, build.uid)
         runner = self.online if declares_dependencies(Path(dep.path)) else self.offline
         result = runner.build(runtime, image, Path(dep.path), dep.entrypoint, output, dict(fn.vars))
+        if not result.ok and self._stop.is_set():
+            raise BuildInterrupted("the service stopped during the build")
         ok, stderr, output_bytes = result.ok, result.stderr, 0
         if ok:
             output_bytes = tree_size(output)
