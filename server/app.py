@@ -40,6 +40,7 @@ from server.domain.packages import PackageStore
 from server.domain.quotas import MB, StorageQuota
 from server.domain.runtimes import RuntimeCatalog, load_catalog
 from server.engine import Engine
+from server.engine.invoker import reply_limit
 from server.settings import Settings
 from server.store import close_database, open_database
 from server.store.batch import BatchWriter
@@ -164,7 +165,7 @@ def create_server(components: Components, blocking: Blocking, runner: ExecutionR
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", max(MAX_MESSAGE_BYTES, settings.max_response_message_bytes)),
+            ("grpc.max_send_message_length", max(MAX_MESSAGE_BYTES, reply_limit(settings.response_max_bytes))),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
             ("grpc.max_concurrent_streams", 10000),

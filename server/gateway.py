@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from server.domain.auth import GATEWAY_HEADER
+from server.engine.invoker import reply_limit
 from server.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def render(settings: Settings, runtime_dir: Path, gateway_secret: str = "") -> P
             typed["default_source_code"] = {"filename": str(LUA_FILTER)}
         elif http_filter["name"] == "envoy.filters.http.grpc_json_transcoder":
             typed["proto_descriptor"] = str(DESCRIPTOR)
-            typed["max_response_body_size"] = max(typed["max_response_body_size"], settings.max_response_message_bytes)
+            # An execution's JSON holds what a runtime reply holds (body, logs, errors), escaped alike.
+            typed["max_response_body_size"] = max(typed["max_response_body_size"], reply_limit(settings.response_max_bytes))
     for virtual_host in manager["route_config"]["virtual_hosts"]:
         for route in virtual_host["routes"]:
             if route.get("name") == "openapi":

@@ -79,13 +79,6 @@ class Settings:
         return self.data_dir / "bootstrap-key"
 
     @property
-    def max_response_message_bytes(self) -> int:
-        """Largest answer of the API (gRPC message, and JSON through Envoy): an
-        execution holds a body of up to response_max_bytes plus logs and
-        errors (16 KiB each), and JSON escaping can grow text 6 times."""
-        return 6 * self.response_max_bytes + 1024 * 1024
-
-    @property
     def image_overrides(self) -> dict[str, str]:
         pairs = (item.split("=", 1) for item in self.runtime_images.split(",") if "=" in item)
         return {runtime.strip(): image.strip() for runtime, image in pairs}

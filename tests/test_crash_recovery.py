@@ -72,8 +72,10 @@ def test_kill_during_a_build_sweeps_its_container_and_rebuilds(fresh_service, un
     work_dir = str(svc.data_dir.resolve() / "c")
 
     def build_containers():
-        return [c for c in client.containers.list(all=True, filters={"label": "functions.role=build"})
-                if c.labels.get("functions.work-dir") == work_dir]
+        # The low-level list: the high-level one inspects every container and
+        # fails when one of another test vanishes meanwhile.
+        found = client.api.containers(all=True, filters={"label": "functions.role=build"})
+        return [c["Id"] for c in found if (c.get("Labels") or {}).get("functions.work-dir") == work_dir]
 
     poll(build_containers, lambda found: len(found) == 1, timeout=60)
     assert deployment_status(svc, fid, dep["$id"])["status"] == "building"

@@ -4,8 +4,7 @@ it, and a function that forks or writes on its inherited file descriptors can
 never make another caller see its answer.
 
 Killing stray processes needs FUNCTIONS_RUNTIME_PID_NAMESPACE=1 in the
-container (the Docker driver sets it); the test sets it too, by patching the
-driver's environment, so it holds either way.
+container: the real Docker driver sets it, and these tests rely on that.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import time
 import docker
 import pytest
 
-from server.engine import docker_runtimes
 from tests.test_engine_pool import PoolRunner, env  # noqa: F401  (the `env` fixture)
 
 PY_APP = r'''
@@ -76,12 +74,9 @@ RUNTIMES = ["python-3.11", "node-18.0"]
 
 @pytest.fixture(scope="module")
 def pool(env):  # noqa: F811
-    patch = pytest.MonkeyPatch()
-    patch.setattr(docker_runtimes, "SANDBOX_ENV", {**docker_runtimes.SANDBOX_ENV, "FUNCTIONS_RUNTIME_PID_NAMESPACE": "1"})
     runner = PoolRunner(env["images"], env["runtimes"], runtimes=[env["runtimes"][r] for r in RUNTIMES], prewarm=0)
     yield runner
     runner.stop()
-    patch.undo()
 
 
 def deployment(env, runtime_id):  # noqa: F811
@@ -89,9 +84,11 @@ def deployment(env, runtime_id):  # noqa: F811
 
 
 def processes(pool, target) -> list[str]:
+    """The container's live processes. Zombies are left out: a killed process
+    is dead at once, and tini (PID 1) reaps its entry a moment later."""
     (row,) = pool.rows(target)
-    top = docker.from_env().api.top(row["name"], ps_args="-o pid,comm")
-    return [p[-1] for p in top["Processes"]]
+    top = docker.from_env().api.top(row["name"], ps_args="-o pid,stat,comm")
+    return [p[-1] for p in top["Processes"] if not p[1].startswith("Z")]
 
 
 def wait_for_three(pool, target, timeout: float = 5.0) -> list[str]:
@@ -109,10 +106,17 @@ def test_fork_bomb_is_gone_after_the_execution(pool, env, runtime_id):  # noqa: 
     target = deployment(env, runtime_id)
     assert pool.invoke(target).status_code == 200
     assert len(processes(pool, target)) == 3
+    (container,) = pool.rows(target)
     result = pool.invoke(target, "forkbomb", timeout=20)
     assert result.status_code == 200 and result.body == "bombed", result
-    found = processes(pool, target)  # killed before the answer
-    assert len(found) == 3, found
+    if pool.rows(target):
+        found = processes(pool, target)  # killed before the answer
+        assert len(found) == 3, found
+    else:
+        # The strays outran the reaper's ~3 s bound (a loaded machine): the
+        # runtime declared itself compromised and the container goes instead.
+        client = docker.from_env()
+        pool.wait_until(lambda: not client.api.containers(all=True, filters={"name": container["name"]}), timeout=30)
     again = pool.invoke(target, payload="after")
     assert json.loads(again.body)["payload"] == "after", again
 

@@ -8,6 +8,8 @@ import os
 import socket
 import time
 
+import requests
+
 from harness import poll
 from test_deployments import new_function
 
@@ -58,8 +60,7 @@ def test_a_thousand_disconnects_mid_upload(fresh_service, unique_id):
     round_of_disconnects(20)  # 1,000
     poll(settled, bool, timeout=60, interval=0.2)
     poll(lambda: open_fds(pid), lambda n: n <= before + 2, timeout=30, interval=0.2)
-    log = svc.log()
     full_log = svc.log_path.read_text(errors="replace")
-    assert "Bad file descriptor" not in full_log and "EBADF" not in full_log, log
-    r = __import__("requests").get(f"{svc.url}/functions/{fid}/deployments", headers=svc.headers())
+    assert "Bad file descriptor" not in full_log and "EBADF" not in full_log, svc.log()
+    r = requests.get(f"{svc.url}/functions/{fid}/deployments", headers=svc.headers())
     assert r.status_code == 200 and r.json()["total"] == 0

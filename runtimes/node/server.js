@@ -236,10 +236,31 @@ async function workerHandle(msg) {
   try {
     if (msg.type === 'execute') return await execute(msg);
     if (msg.type === 'load') return await load(msg);
+    if (msg.type === 'ping') return { ok: true };
     return { ok: false, error: `unknown message type: ${JSON.stringify(msg.type)}` };
   } catch (e) {
     return { ok: false, error: `runtime error: ${errorText(e)}` };
   }
+}
+
+// Calls onLine(line) for every non-blank newline-terminated line of `stream`
+// (UTF-8); onTooLong() when an unterminated line grows past MAX_LINE.
+function onLines(stream, onLine, onTooLong = () => {}) {
+  let buffer = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk) => {
+    buffer += chunk;
+    let nl;
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      if (line.trim()) onLine(line);
+    }
+    if (buffer.length > MAX_LINE) {
+      buffer = '';
+      onTooLong();
+    }
+  });
 }
 
 function workerMain() {
@@ -248,34 +269,26 @@ function workerMain() {
   process.on('uncaughtException', (e) => process.stderr.write(`Uncaught exception: ${errorText(e)}\n`));
   process.on('unhandledRejection', (e) => process.stderr.write(`Unhandled rejection: ${errorText(e)}\n`));
   const requests = new net.Socket({ fd: REQUEST_FD, readable: true, writable: false });
-  requests.setEncoding('utf8');
   requests.on('end', () => process.exit(0)); // the supervisor went away
   requests.on('error', () => process.exit(0));
-  let buffer = '';
   let queue = Promise.resolve();
-  requests.on('data', (chunk) => {
-    buffer += chunk;
-    let nl;
-    while ((nl = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
-      queue = queue.then(async () => {
-        let msg = {};
-        let out;
-        try {
-          msg = JSON.parse(line);
-          out = await workerHandle(msg);
-        } catch (e) {
-          out = { ok: false, error: `runtime error: ${errorText(e)}` };
-        }
-        await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
-        out.id = msg && msg.id !== undefined ? msg.id : null;
-        writeAllSync(REPLY_FD, Buffer.from(`${JSON.stringify(out)}\n`, 'utf8'));
-      }).catch((e) => {
-        try { process.stderr.write(`worker error: ${errorText(e)}\n`); } catch (_) { /* gone */ }
-        process.exit(70);
-      });
-    }
+  onLines(requests, (line) => {
+    queue = queue.then(async () => {
+      let msg = {};
+      let out;
+      try {
+        msg = JSON.parse(line);
+        out = await workerHandle(msg);
+      } catch (e) {
+        out = { ok: false, error: `runtime error: ${errorText(e)}` };
+      }
+      await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+      out.id = msg && msg.id !== undefined ? msg.id : null;
+      writeAllSync(REPLY_FD, Buffer.from(`${JSON.stringify(out)}\n`, 'utf8'));
+    }).catch((e) => {
+      try { process.stderr.write(`worker error: ${errorText(e)}\n`); } catch (_) { /* gone */ }
+      process.exit(70);
+    });
   });
 }
 
@@ -313,8 +326,10 @@ function procState(pid) {
   return stat.charAt(stat.lastIndexOf(')') + 2);
 }
 
+// null: the entry is gone. A process gone between the listing and the read
+// may have forked first, so "stopped" (stable: can fork no more) leaves it out.
 const DEAD = new Set([null, 'Z', 'X', 'x']);
-const STOPPED = new Set([...DEAD, 'T', 't']);
+const STOPPED = new Set(['Z', 'X', 'x', 'T', 't']);
 
 function signal(pid, sig) {
   if (!Number.isInteger(pid) || pid <= 1) return; // never 0, -1 (every process) or init
@@ -333,7 +348,10 @@ class Reaper { // kills every process of the container but PID 1, the supervisor
     const exempt = new Set([1, process.pid]);
     if (Number.isInteger(workerPid) && workerPid > 1) exempt.add(workerPid);
     else workerPid = null;
-    if (!this.others(exempt).some((p) => !DEAD.has(procState(p)))) return true; // the usual case: one listing
+    // The usual case: one listing, empty. Any other pid, even one that is gone
+    // by the time it is read (a fork bomb churns faster than it can be listed),
+    // takes the slow path.
+    if (!this.others(exempt).length) return true;
     const deadline = Date.now() + 3000;
     if (workerPid) signal(workerPid, 'SIGSTOP'); // it may be spawning more
     try {
@@ -452,6 +470,8 @@ class Supervisor {
     if (p.msg.type === 'execute') {
       out = { statusCode: reply.statusCode === undefined ? 500 : reply.statusCode, body: reply.body || '',
         logs: p.out.done(), errors: p.err.done(), error: reply.error || '' };
+    } else if (p.msg.type === 'ping' && reply.ok === true) {
+      out = { ok: true, runtime: 'node', pid: process.pid };
     } else if (p.msg.type === 'load' && reply.ok === true
                && Number.isInteger(p.msg.responseMaxBytes) && p.msg.responseMaxBytes >= 0) {
       this.responseMax = p.msg.responseMaxBytes;
@@ -525,8 +545,9 @@ class Supervisor {
       return;
     }
     const type = msg && typeof msg === 'object' ? msg.type : undefined;
-    if (type === 'execute' || type === 'load') await this.toWorker(conn, msg);
-    else if (type === 'ping') this.answer(conn, msg, { ok: true, runtime: 'node', pid: process.pid });
+    // A ping goes through the worker too: the runtime is ready when the worker
+    // answers, not merely when this process listens.
+    if (type === 'execute' || type === 'load' || type === 'ping') await this.toWorker(conn, msg);
     else this.answer(conn, msg, { ok: false, error: `unknown message type: ${JSON.stringify(type)}` });
   }
 
@@ -534,24 +555,11 @@ class Supervisor {
     this.conns.add(conn);
     conn.on('close', () => this.conns.delete(conn));
     if (this.exiting) { conn.destroy(); return; }
-    let buffer = '';
-    conn.setEncoding('utf8');
     conn.on('error', () => conn.destroy());
-    conn.on('data', (chunk) => {
-      buffer += chunk;
-      let nl;
-      while ((nl = buffer.indexOf('\n')) >= 0) {
-        const line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        if (!line.trim()) continue;
-        this.queue = this.queue.then(() => (conn.destroyed ? null : this.handle(conn, line)))
-          .catch((e) => this.compromised(`supervisor error: ${errorText(e)}`));
-      }
-      if (buffer.length > MAX_LINE) {
-        conn.end('{"ok":false,"error":"request line too long"}\n');
-        buffer = '';
-      }
-    });
+    onLines(conn, (line) => {
+      this.queue = this.queue.then(() => (conn.destroyed ? null : this.handle(conn, line)))
+        .catch((e) => this.compromised(`supervisor error: ${errorText(e)}`));
+    }, () => conn.end('{"ok":false,"error":"request line too long"}\n'));
   }
 
   listen() {

@@ -183,6 +183,8 @@ class Runtime:
             return self.execute(msg)
         if kind == "load":
             return self.load(msg)
+        if kind == "ping":
+            return {"ok": True}
         return {"ok": False, "error": "unknown message type: %r" % (kind,)}
 
     def load(self, msg):
@@ -378,8 +380,10 @@ def proc_state(pid):
     return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3].decode("ascii", "replace")
 
 
+# None: the entry is gone. A process gone between the listing and the read
+# may have forked first, so "stopped" (stable: can fork no more) leaves it out.
 DEAD = (None, "Z", "X", "x")
-STOPPED = DEAD + ("T", "t")
+STOPPED = ("Z", "X", "x", "T", "t")
 
 
 class Reaper:
@@ -400,8 +404,11 @@ class Reaper:
             exempt.add(worker_pid)
         else:
             worker_pid = None
-        if not any(proc_state(p) not in DEAD for p in self.others(exempt)):
-            return True  # the usual case: one listing
+        if not self.others(exempt):
+            # The usual case: one listing, empty. Any other pid, even one gone by
+            # the time it is read (a fork bomb churns faster than it can be
+            # listed), takes the slow path.
+            return True
         deadline = time.monotonic() + 3.0
         if worker_pid is not None:
             _signal(worker_pid, signal.SIGSTOP)  # it may be spawning more (a daemon thread)
@@ -457,6 +464,7 @@ class Supervisor:
         self.buffers = {}
         self.pending = None  # the request the worker is working on
         self.reply_buf = b""
+        self.response_max = DEFAULT_RESPONSE_MAX  # until a load says otherwise
         self.out = self.err = None  # OutputTails while a request is pending
         self.last_reap = time.monotonic()
         self.start_worker()
@@ -528,7 +536,7 @@ class Supervisor:
             raise Compromised("the worker wrote on its reply channel while no request was in flight")
         self.reply_buf += data
         if b"\n" not in data:
-            if len(self.reply_buf) > 6 * self.response_max_of() + 8 * 6 * LIMIT:
+            if len(self.reply_buf) > 6 * self.response_max + 8 * 6 * LIMIT:
                 raise Compromised("the worker's reply is too long")
             return
         line, _, rest = self.reply_buf.partition(b"\n")
@@ -544,9 +552,6 @@ class Supervisor:
         del reply["id"]
         self.finish(reply)
 
-    def response_max_of(self):
-        return getattr(self, "response_max", DEFAULT_RESPONSE_MAX)
-
     def finish(self, reply):
         conn, msg, wid = self.pending
         self.drain(self.out_fd, self.out)
@@ -554,6 +559,8 @@ class Supervisor:
         if msg.get("type") == "execute":
             reply = {"statusCode": reply.get("statusCode", 500), "body": reply.get("body", ""),
                      "logs": self.out.text(), "errors": self.err.text(), "error": reply.get("error", "")}
+        elif msg.get("type") == "ping" and reply.get("ok") is True:
+            reply = {"ok": True, "runtime": "python", "pid": os.getpid()}
         elif msg.get("type") == "load" and reply.get("ok") is True:
             limit = msg.get("responseMaxBytes")
             if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
@@ -672,13 +679,13 @@ class Supervisor:
                 self.answer(conn, None, {"ok": False, "error": "invalid JSON: %s" % e})
                 continue
             kind = msg.get("type") if isinstance(msg, dict) else None
-            if kind in ("execute", "load"):
+            # A ping goes through the worker too: the runtime is ready when the
+            # worker answers, not merely when this process listens.
+            if kind in ("execute", "load", "ping"):
                 wid = msg.get("id")
                 if not isinstance(wid, str) or not wid:
                     wid = "s%d-%s" % (next(self.ids), secrets.token_hex(8))
                 self.send_to_worker(conn, msg, wid)
-            elif kind == "ping":
-                self.answer(conn, msg, {"ok": True, "runtime": "python", "pid": os.getpid()})
             else:
                 self.answer(conn, msg, {"ok": False, "error": "unknown message type: %r" % (kind,)})
 

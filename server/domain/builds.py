@@ -121,7 +121,6 @@ class BuildQueue:
                     log.warning("claiming a build failed; the next round tries again", extra={"error": str(error)})
                     return None
                 self._stop.wait(min(0.05 * 2 ** attempt, 1.0))
-        return None
 
     def _work(self) -> None:
         while not self._stop.is_set():

@@ -107,8 +107,6 @@ def hardened_kwargs(network: str, tmp_mb: int) -> dict:
     }
 
 
-
-
 class Builder:
     """`owner`, `work_dir` and `instance` label build containers like the pool's
     runtime containers (ContainerPool.owner, its work_dir and instance), so the
