@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -34,7 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from server.domain.runtimes import load_catalog  # noqa: E402
 from server.engine import ContainerLimits, RuntimeImages  # noqa: E402
-from server.engine.pool import ContainerPool, DeploymentTarget  # noqa: E402
+from server.engine.drivers import DockerDriver  # noqa: E402
+from server.engine.pool import ContainerPool, DeploymentTarget, PoolOptions  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 CODE = {
@@ -60,11 +62,12 @@ def make_code(root: Path, language: str, files: int) -> Path:
 
 async def first_executions(images, runtime, code: Path, runs: int, mounts: bool) -> tuple[list[float], bool]:
     work_dir = Path(tempfile.mkdtemp(prefix="cold-"))
-    pool = ContainerPool(docker.from_env(), REPO / "runtimes", work_dir, images.ensure,
-                         ContainerLimits(memory_mb=256, cpus=1.0, pids=128), runtimes=[runtime], prewarm=1,
-                         start_timeout=120)
+    driver = DockerDriver(docker.from_env(), REPO / "runtimes", work_dir,
+                          limits=ContainerLimits(memory_mb=256, cpus=1.0, pids=128), tmp_mb=64, network="none")
+    options = dataclasses.replace(PoolOptions.from_settings(Settings()), runtimes=(runtime,), prewarm=1, start_timeout=120)
+    pool = ContainerPool(driver, images.ensure, options)
     if not mounts:
-        pool._docker.enable_mounts = lambda: False  # the link_tree fallback
+        driver.setup = lambda: None  # no read-only mounts: the link_tree fallback
     await pool.start()
     timings = []
     try:
@@ -80,7 +83,7 @@ async def first_executions(images, runtime, code: Path, runs: int, mounts: bool)
             timings.append(time.perf_counter() - started)
             assert result.status_code == 200, result
             await pool.forget(target.project, target.deployment_id)
-        return timings, pool._docker.mounting
+        return timings, driver.mounting
     finally:
         await pool.stop()
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import shutil
 import statistics
@@ -32,9 +33,11 @@ sys.path.insert(0, str(REPO))
 
 from server.domain.runtimes import load_catalog  # noqa: E402
 from server.engine import ContainerLimits, RuntimeImages  # noqa: E402
-from server.engine.builder import hardened_kwargs  # noqa: E402
+from server.engine.drivers import DockerDriver  # noqa: E402
+from server.engine.drivers.hostdir import socket_path  # noqa: E402
 from server.engine.invoker import RuntimeConnection  # noqa: E402
-from server.engine.pool import SOCKET_NAME, ContainerPool, DeploymentTarget  # noqa: E402
+from server.engine.pool import ContainerPool, DeploymentTarget, PoolOptions  # noqa: E402
+from server.engine.sandbox import hardened_kwargs  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 CODE = {
@@ -66,12 +69,16 @@ class Deployments:
 
 
 def make_pool(images, **options) -> ContainerPool:
-    return ContainerPool(docker.from_env(), REPO / "runtimes", Path(tempfile.mkdtemp(prefix="pool-")), images.ensure, LIMITS, **options)
+    driver = DockerDriver(docker.from_env(), REPO / "runtimes", Path(tempfile.mkdtemp(prefix="pool-")),
+                          limits=LIMITS, tmp_mb=64, network="none")
+    if "runtimes" in options:
+        options["runtimes"] = tuple(options["runtimes"])
+    return ContainerPool(driver, images.ensure, dataclasses.replace(PoolOptions.from_settings(Settings()), **options))
 
 
 async def stop(pool: ContainerPool) -> None:
     await pool.stop()
-    shutil.rmtree(pool._work_dir, ignore_errors=True)
+    shutil.rmtree(pool.driver.work_dir, ignore_errors=True)
 
 
 async def warm_and_first(runtime, images, deployments, args) -> None:
@@ -83,7 +90,7 @@ async def warm_and_first(runtime, images, deployments, args) -> None:
         for _ in range(50):  # warm-up
             await pool.invoke(target, "x", {}, {}, 10)
         (container,) = [c for c in pool.containers() if c["deployment"] == target.key]
-        direct = await RuntimeConnection.open(str(pool._work_dir / container["name"] / "sock" / SOCKET_NAME))
+        direct = await RuntimeConnection.open(str(socket_path(pool.driver.work_dir / container["name"])))
         through_pool, raw = [], []
         for _ in range(args.warm):  # interleaved, so both see the same machine noise
             started = time.perf_counter()

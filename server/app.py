@@ -24,7 +24,6 @@ from grpc_reflection.v1alpha import reflection
 from functions.v1 import deployment_pb2, execution_pb2, function_pb2, runtime_pb2
 
 from server.api.deployments import DeploymentServicer
-from server.api.endpoint import Blocking
 from server.api.executions import ExecutionServicer
 from server.api.functions import FunctionServicer
 from server.api.runtimes import RuntimeServicer
@@ -39,10 +38,13 @@ from server.domain.functions import FunctionRules
 from server.domain.packages import PackageStore
 from server.domain.quotas import MB, StorageQuota
 from server.domain.runtimes import RuntimeCatalog, load_catalog
+from server.concurrency import Blocking
 from server.engine import Engine
+from server.engine.engine import AVAILABILITY_REFRESH
 from server.engine.invoker import reply_limit
 from server.settings import Settings
 from server.store import close_database, open_database
+from server.jobs import Jobs, OneShot, Periodic, QueueWorkers, Resource
 from server.store.batch import BatchWriter
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # adds its own; grpc's default soft limit of 8 KiB refused some of them at
 # random with RESOURCE_EXHAUSTED (HTTP 429).
 MAX_METADATA_BYTES = 128 * 1024
+EXECUTION_SWEEP_INTERVAL = 5.0  # seconds: waiting executions whose wake-up was lost still run
+STOP_TIMEOUT = 30.0  # seconds the background jobs get to stop
 
 
 @dataclass
@@ -100,12 +104,11 @@ def build_components(settings: Settings) -> Components:
                          pending_upload_bytes=settings.pending_upload_mb * MB)
     builds = BuildQueue(catalog=catalog, packages=packages, offline=engine.offline_builder, online=engine.online_builder,
                         ensure_image=engine.ensure_image, quota=quota, uncompressed_limit=settings.code_uncompressed_limit,
-                        workers=settings.build_workers)
+                        workers_count=settings.build_workers)
     deployments = DeploymentRules(
         functions=functions, packages=packages, code_size_limit=settings.code_size_limit,
-        uncompressed_limit=settings.code_uncompressed_limit, enqueue_build=builds.enqueue, quota=quota,
+        uncompressed_limit=settings.code_uncompressed_limit, build_queued=builds.enqueue, quota=quota,
     )
-    functions.on_delete.append(lambda fn, deps: [packages.remove(d.project, d.uid, d.build) for d in deps])
     executions = ExecutionRules(functions=functions, catalog=catalog,
                                 limiter=RateLimiter(settings.execution_rate_limit), max_waiting=settings.max_waiting)
     ensure_bootstrap_key(settings)
@@ -114,10 +117,16 @@ def build_components(settings: Settings) -> Components:
 
 
 def connect_engine_hooks(components: Components, loop: asyncio.AbstractEventLoop) -> None:
-    """Containers follow deployments: removed with them, warmed on activation."""
-    engine, executions = components.engine, components.executions
+    """Files and containers follow deployments: removed with them, warmed on activation."""
+    engine, executions, packages = components.engine, components.executions, components.deployments.packages
+
+    def function_deleted(fn, deployments) -> None:
+        for dep in deployments:
+            packages.remove(dep.project, dep.uid, dep.build)
+            engine.forget(dep.project, dep.uid, loop)
+
+    components.functions.on_delete.append(function_deleted)
     components.deployments.on_delete.append(lambda dep: engine.forget(dep.project, dep.uid, loop))
-    components.functions.on_delete.append(lambda fn, deps: [engine.forget(d.project, d.uid, loop) for d in deps])
 
     def warm_active(fn) -> None:
         try:
@@ -198,16 +207,32 @@ def create_server(components: Components, blocking: Blocking, runner: ExecutionR
     return server, health_servicer
 
 
-async def _remove_stale_uploads(components: Components, blocking: Blocking) -> None:
-    ttl = components.settings.upload_ttl
-    while True:
-        await asyncio.sleep(min(3600.0, max(ttl / 2, 1.0)))
-        try:
-            removed = await blocking(components.deployments.discard_stale_uploads, ttl)
-            if removed:
-                log.info("unfinished uploads removed", extra={"count": removed})
-        except Exception:  # try again next round
-            log.exception("removing stale uploads failed")
+def background_jobs(components: Components, runner: ExecutionRunner, writer: BatchWriter, blocking: Blocking) -> Jobs:
+    """Every background loop of the service, in start-up order (stopped in reverse)."""
+    settings, engine, catalog = components.settings, components.engine, components.catalog
+    pool = engine.pool
+    jobs = Jobs(writer, OneShot("build-recovery", components.builds.requeue_interrupted, blocking=blocking))
+    if pool is not None:
+        jobs.add(Resource("container-pool", lambda: pool.start(wait=False), pool.stop))
+    jobs.add(components.builds.workers)
+    jobs.add(OneShot("runtime-images", lambda: engine.prepare_images(catalog), wait=False,
+                     cancel=engine.images.cancel if engine.images is not None else None))
+    jobs.add(Periodic("runtime-availability", AVAILABILITY_REFRESH, lambda: engine.refresh_availability(catalog),
+                      blocking=blocking))
+    if pool is not None:
+        jobs.add(Periodic("container-reaper", pool.reap_interval, pool.reap))
+    jobs.add(OneShot("execution-recovery", runner.recover))
+    jobs.add(Periodic("execution-sweep", EXECUTION_SWEEP_INTERVAL, runner.queue_waiting, first=0))
+    jobs.add(QueueWorkers("execution-workers", settings.async_workers, runner.next_queued, runner.run_queued))
+
+    def remove_stale_uploads() -> None:
+        removed = components.deployments.discard_stale_uploads(settings.upload_ttl)
+        if removed:
+            log.info("unfinished uploads removed", extra={"count": removed})
+
+    jobs.add(Periodic("stale-uploads", min(3600.0, max(settings.upload_ttl / 2, 1.0)), remove_stale_uploads,
+                      blocking=blocking))
+    return jobs
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
@@ -227,14 +252,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
         # Shielded: a caller that hangs up must not cancel a write of work already done.
         return await asyncio.shield(asyncio.wrap_future(writer.submit(fn)))
 
-    runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, settings.async_workers, write)
+    runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, write)
     server, health_servicer = create_server(components, blocking, runner, gateway_secret)
-    components.builds.start()
-    components.engine.prepare_images_in_background(components.catalog)
-    if components.engine.pool is not None:
-        await components.engine.pool.start(wait=False)
-    await runner.start()
-    janitor = asyncio.create_task(_remove_stale_uploads(components, blocking))
+    jobs = background_jobs(components, runner, writer, blocking)
+    await jobs.start()
     await server.start()
     for name in [""] + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -251,13 +272,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     log.info("shutting down")
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
-    janitor.cancel()
-    await runner.stop()
-    components.builds.stopping()  # before the pool's sweep removes running build containers
-    if components.engine.pool is not None:
-        await components.engine.pool.stop()
-    await blocking(components.builds.stop)
-    await blocking(writer.stop)
+    await jobs.stop(timeout=STOP_TIMEOUT)
     blocking.shutdown()
     close_database()
     log.info("stopped")

@@ -113,12 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         auth.create_project(args.project_id, args.name)
         print(args.project_id)
         return 0
-    if args.command == "create-key":
-        scopes = auth.ALL_SCOPES if args.scopes is None else tuple(s.strip() for s in args.scopes.split(",") if s.strip())
-        try:
-            print(auth.create_key(args.project_id, args.name, scopes))
-        except ValueError as error:
-            print(error, file=sys.stderr)
-            return 2
-        return 0
-    return 2
+    # create-key: the last command argparse lets through
+    scopes = auth.ALL_SCOPES if args.scopes is None else tuple(s.strip() for s in args.scopes.split(",") if s.strip())
+    try:
+        print(auth.create_key(args.project_id, args.name, scopes))
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return 0

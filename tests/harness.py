@@ -26,7 +26,7 @@ def free_port() -> int:
 
 @dataclass
 class Service:
-    """A running service: REST at `url`, gRPC at `grpc_target`."""
+    """A running service: REST at `url`, gRPC at `grpc_address`."""
 
     data_dir: Path
     port: int
@@ -39,10 +39,6 @@ class Service:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def grpc_target(self) -> str:
-        return self.grpc_address
 
     @property
     def bootstrap_key(self) -> str:

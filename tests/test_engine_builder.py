@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import io
 import json
+import os
 import tarfile
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +16,8 @@ import pytest
 from codepkg import wheel
 
 from server.engine import Builder, ContainerLimits
-from server.engine.builder import CODE_MOUNT, OUTPUT_TAIL_CHARS
+from server.engine.builder import OUTPUT_TAIL_CHARS
+from server.engine.sandbox import CODE_MOUNT
 
 # Session fixtures shared with the image tests (the images are built once).
 from test_engine_images import RUNTIMES_DIR, built_images, catalog, docker_client, runtime_images  # noqa: F401
@@ -225,17 +224,18 @@ def test_build_containers_and_staging_of_a_killed_service_are_swept(docker_clien
     """A service killed with -9 during a build leaves its build container
     running and the staging copy of the source behind: the pool's start-up sweep
     removes both (and leaves the builds of the service now starting alone)."""
-    import os
     import signal
     import subprocess
     import sys
 
-    from server.engine import ContainerPool
-    from server.engine.builder import OWNER_LABEL, ROLE_LABEL
+    from poolkit import pool_options
+    from server.engine import ContainerPool, DockerDriver
+    from server.engine.sandbox import OWNER_LABEL, ROLE_LABEL
 
     work_dir, staging = tmp_path / "c", tmp_path / "staging"
     work_dir.mkdir()
-    pool = ContainerPool(docker_client, RUNTIMES_DIR, work_dir, lambda runtime: built_images[runtime.id], prewarm=0, staging_dir=staging)
+    driver = DockerDriver(docker_client, RUNTIMES_DIR, work_dir, limits=ContainerLimits(), tmp_mb=16, network="none")
+    pool = ContainerPool(driver, lambda runtime: built_images[runtime.id], pool_options(prewarm=0, staging_dir=staging))
     source = make_archive(tmp_path / "code.tar.gz", {"index.js": "", "package.json": node_package(scripts={"install": "sleep 300"})})
     source.chmod(0o600)  # unreadable by the sandbox user: the builder stages a copy
     repo = str(Path(RUNTIMES_DIR).resolve().parent)
@@ -268,3 +268,32 @@ def test_build_containers_and_staging_of_a_killed_service_are_swept(docker_clien
     after_start, staged = asyncio.run(start_and_stop())
     assert after_start == [] and staged == [pool.instance]
     assert list(staging.iterdir()) == []  # the sweep at stop takes this instance's staging too
+
+
+def test_interrupt_cuts_off_the_running_builds(catalog, built_images, docker_client, tmp_path):  # noqa: F811
+    """The build queue's stop: every build under way ends as if its container
+    had been removed from outside (BuildInterrupted), and the container is gone."""
+    from server.engine.errors import BuildInterrupted
+
+    owner = f"interrupt-{os.getpid()}"  # this test's build containers only
+    builder = Builder(docker_client, RUNTIMES_DIR, ContainerLimits(), timeout=120, owner=owner)
+    source = make_archive(tmp_path / "code.tar.gz", {"index.js": "", "package.json": node_package(scripts={"install": "sleep 300"})})
+    mine = {"label": ["functions.role=build", f"functions.pool={owner}"]}
+    running = {**mine, "status": "running"}
+
+    def build(n: int):
+        return builder.build(catalog["node-18.0"], built_images["node-18.0"], source, "index.js", tmp_path / f"out-{n}", {})
+
+    with ThreadPoolExecutor(2) as threads:
+        builds = [threads.submit(build, n) for n in range(2)]
+        deadline = time.monotonic() + 60
+        while len(docker_client.containers.list(filters=running)) < 2:
+            assert time.monotonic() < deadline and not any(b.done() for b in builds), "the builds did not start"
+            time.sleep(0.1)
+        builder.interrupt()
+        for b in builds:
+            with pytest.raises(BuildInterrupted):
+                b.result(timeout=60)
+    assert docker_client.containers.list(all=True, filters=mine) == []
+    assert builder.build(catalog["node-18.0"], built_images["node-18.0"],
+                         make_archive(tmp_path / "ok.tar.gz", {"index.js": ""}), "index.js", tmp_path / "ok", {}).ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,15 +17,20 @@ def test_buf_lint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_buf_lint_catches_violations(tmp_path):
-    """The lint setup really lints: a badly named field fails."""
-    bad = tmp_path / "proto" / "functions" / "v1"
-    bad.mkdir(parents=True)
-    (bad / "bad.proto").write_text('syntax = "proto3";\npackage functions.v1;\nmessage bad_name { string BadField = 1; }\n')
-    (tmp_path / "buf.yaml").write_text("version: v2\nmodules:\n  - path: proto\nlint:\n  use: [STANDARD]\n")
+def test_the_project_lint_config_rejects_a_violation_in_our_protos(tmp_path):
+    """The project's buf.yaml, on a copy of the project's protos with one
+    field misnamed, fails: its exceptions have not switched the naming rules
+    (or the proto module) off."""
+    shutil.copytree(REPO / "proto", tmp_path / "proto")
+    shutil.copytree(REPO / "build" / "third_party", tmp_path / "build" / "third_party")
+    shutil.copy(REPO / "buf.yaml", tmp_path / "buf.yaml")
+    target = tmp_path / "proto" / "functions" / "v1" / "function.proto"
+    text = target.read_text()
+    assert "string name = " in text
+    target.write_text(text.replace("string name = ", "string BadName = ", 1))
     buf = REPO / "tests" / "node_modules" / ".bin" / "buf"
     result = subprocess.run([str(buf), "lint"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "bad_name" in result.stdout
+    assert result.returncode != 0 and "BadName" in result.stdout and "function.proto" in result.stdout, result.stdout
 
 
 def test_readme_documents_every_setting():

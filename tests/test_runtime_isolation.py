@@ -15,7 +15,7 @@ import time
 import docker
 import pytest
 
-from tests.test_engine_pool import PoolRunner, env  # noqa: F401  (the `env` fixture)
+from test_engine_pool import docker_pool, env  # noqa: F401  (the `env` fixture)
 
 PY_APP = r'''
 import os, subprocess, threading, time
@@ -74,7 +74,7 @@ RUNTIMES = ["python-3.11", "node-18.0"]
 
 @pytest.fixture(scope="module")
 def pool(env):  # noqa: F811
-    runner = PoolRunner(env["images"], env["runtimes"], runtimes=[env["runtimes"][r] for r in RUNTIMES], prewarm=0)
+    runner = docker_pool(env["images"], env["runtimes"], runtimes=[env["runtimes"][r] for r in RUNTIMES], prewarm=0)
     yield runner
     runner.stop()
 

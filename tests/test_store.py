@@ -115,3 +115,39 @@ def test_delete_removes_deployments_executions_and_search_rows(store, rules):
     assert Deployment.select().where(Deployment.function == "kept").count() == 1
     assert Function.select().where(Function.uid == "kept").count() == 1
     assert deleted == [("gone", ["d-gone"])]
+
+
+# ---- lifecycles (server/store/lifecycles.py) -----------------------------------
+
+from server.store.lifecycles import BuildStatus, ExecutionStatus, transition  # noqa: E402
+from server.store.models import Build  # noqa: E402
+
+
+def _build(uid: str, status: BuildStatus = BuildStatus.PROCESSING) -> Build:
+    return Build.create(project="p", uid=uid, deployment="d" + uid, runtime="python-3.11", status=status)
+
+
+def test_statuses_round_trip_as_enums(store):
+    _build("b1")
+    row = Build.find("p", "b1")
+    assert row.status is BuildStatus.PROCESSING and row.status == "processing"
+    assert Build.find("other-project", "b1") is None  # every lookup names the project
+
+
+def test_a_transition_moves_only_rows_in_the_source_state(store):
+    _build("b1")
+    claim = lambda: transition(Build, BuildStatus.PROCESSING, BuildStatus.BUILDING, Build.uid == "b1").execute()  # noqa: E731
+    assert claim() == 1
+    assert claim() == 0  # a second worker loses the race
+    assert Build.find("p", "b1").status is BuildStatus.BUILDING
+    assert transition(Build, BuildStatus.BUILDING, BuildStatus.READY, Build.uid == "b1", output_path="/x").execute() == 1
+    assert Build.find("p", "b1").output_path == "/x"
+
+
+def test_transitions_the_lifecycle_does_not_allow_are_refused(store):
+    with pytest.raises(ValueError, match="ready -> building"):
+        transition(Build, BuildStatus.READY, BuildStatus.BUILDING)
+    with pytest.raises(ValueError, match="completed -> waiting"):
+        transition(Execution, ExecutionStatus.COMPLETED, ExecutionStatus.WAITING)
+    assert ExecutionStatus.allowed(ExecutionStatus.WAITING, ExecutionStatus.PROCESSING)
+    assert not ExecutionStatus.allowed(ExecutionStatus.FAILED, ExecutionStatus.PROCESSING)

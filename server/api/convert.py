@@ -6,6 +6,7 @@ from functions.v1 import deployment_pb2, execution_pb2, function_pb2, runtime_pb
 
 from server.domain.runtimes import Runtime
 from server.store import models
+from server.store.lifecycles import BuildStatus
 
 
 def function(fn: models.Function) -> function_pb2.Function:
@@ -43,7 +44,7 @@ def deployment(dep: models.Deployment, build: models.Build | None) -> deployment
         size=dep.size,
         build_id=dep.build,
         activate=dep.activate,
-        status=build.status if build else "processing",
+        status=(build.status if build else BuildStatus.PROCESSING).value,
         build_stdout=build.stdout if build else "",
         build_stderr=build.stderr if build else "",
         chunks_total=dep.chunks_total,
@@ -58,7 +59,7 @@ def execution(ex: models.Execution) -> execution_pb2.Execution:
         function_id=ex.function,
         date_created=ex.date_created,
         trigger=ex.trigger,
-        status=ex.status,
+        status=ex.status.value,
         status_code=ex.status_code,
         stdout=ex.stdout,
         stderr=ex.stderr,

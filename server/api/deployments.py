@@ -14,7 +14,7 @@ from server.api.endpoint import ServicerBase, endpoint, metadata_of, optional
 from server.api.services import require_decoded
 from server.domain.auth import Caller, Scope
 from server.domain.deployments import DeploymentRules
-from server.domain.errors import ApiError
+from server.domain import errors
 
 
 class DeploymentServicer(ServicerBase, deployment_pb2_grpc.DeploymentServiceServicer):
@@ -38,7 +38,7 @@ class DeploymentServicer(ServicerBase, deployment_pb2_grpc.DeploymentServiceServ
         try:
             first = require_decoded(await request_iterator.__anext__())
         except StopAsyncIteration:
-            raise ApiError(400, "storage_file_empty", "No file sent") from None
+            raise errors.file_empty() from None
         upload = await self.blocking(
             self.rules.begin_upload, caller.project, first.function_id, metadata_of(context),
             first.body.content_type, first.entrypoint, first.activate,

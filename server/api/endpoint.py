@@ -17,14 +17,14 @@ import functools
 import inspect
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
 
 import grpc
 
-from server.api.services import Undecodable, undecodable_error
+from server.api.errors import to_api_error
+from server.api.services import Undecodable
+from server.concurrency import Blocking
 from server.domain.auth import Authenticator, Caller, Scope, client_address
-from server.domain.errors import ApiError, server_error
+from server.domain.errors import ApiError, server_error, undecodable_request
 
 log = logging.getLogger(__name__)
 
@@ -40,30 +40,6 @@ GRPC_STATUS_FOR_HTTP = {
     501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-
-
-class Blocking:
-    """Runs blocking callables (database, Docker, files) on a bounded thread pool."""
-
-    def __init__(self, threads: int):
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="blocking")
-
-    async def __call__(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
-
-    def submit(self, fn: Callable[..., Any], *args) -> None:
-        """Run `fn` in the background; nobody waits (failures are logged)."""
-        future = self.pool.submit(fn, *args)
-        future.add_done_callback(_log_failure)
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _log_failure(future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("background work failed", exc_info=future.exception())
 
 
 def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -92,12 +68,13 @@ class ServicerBase:
         return caller if caller is not None else await self.blocking(self.authenticator, metadata, address)
 
     async def fail(self, context: grpc.aio.ServicerContext, error: BaseException, rpc: str) -> None:
-        if not isinstance(error, ApiError):
+        api_error = to_api_error(error)
+        if api_error is None:
             log.exception("unhandled error in %s", rpc, exc_info=error)
-            error = server_error()
-        elif error.status >= 500:
-            log.error("%s failed: %s", rpc, error.message)
-        await abort_with(context, error, self.error_version)
+            api_error = server_error()
+        elif api_error.status >= 500:
+            log.error("%s failed: %s", rpc, api_error.message)
+        await abort_with(context, api_error, self.error_version)
 
 
 def optional(message, field: str):
@@ -126,7 +103,7 @@ def endpoint(scope: Scope | None, http_status: int = 200):
                 if scope is not None:
                     caller.require(scope)
                 if isinstance(request, Undecodable):
-                    raise undecodable_error()
+                    raise undecodable_request()
                 if is_async:
                     response = await handler(self, request, caller, context)
                 else:

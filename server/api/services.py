@@ -16,7 +16,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
-from server.domain.errors import ApiError
+from server.domain.errors import undecodable_request
 
 _HANDLER_OF_KIND = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -36,15 +36,10 @@ class Undecodable:
         self.reason = reason
 
 
-def undecodable_error() -> ApiError:
-    return ApiError(400, "general_argument_invalid",
-                    "Invalid request: a parameter is not valid UTF-8 text or the request is malformed.")
-
-
 def require_decoded(request):
     """`request`, or ApiError 400 if it did not decode (streamed messages)."""
     if isinstance(request, Undecodable):
-        raise undecodable_error()
+        raise undecodable_request()
     return request
 
 

@@ -17,7 +17,7 @@ from typing import Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from server.domain import jwt
-from server.domain.errors import ApiError, project_not_found
+from server.domain.errors import jwt_invalid, missing_scope, project_not_found, user_unauthorized
 from server.store.models import ApiKey, Project
 
 
@@ -51,11 +51,7 @@ class Caller:
     def require(self, scope: Scope) -> None:
         if scope.value not in self.scopes:
             who = "API key" if self.is_key else "User"
-            raise ApiError(
-                401,
-                "general_unauthorized_scope",
-                f"{who} (role: {'application' if self.is_key else self.role}) missing scope ({scope.value})",
-            )
+            raise missing_scope(who, "application" if self.is_key else self.role, scope.value)
 
 
 def hash_secret(secret: str) -> str:
@@ -145,14 +141,14 @@ class Authenticator:
                 return None
             key = _key(digest)
             if key is None or key[0] != project_id:
-                raise ApiError(401, "user_unauthorized", "Invalid API key for this project.")
+                raise user_unauthorized("Invalid API key for this project.")
             return Caller(project=project_id, role="app", scopes=key[1], roles=frozenset({"role:app", "role:all"}))
         token = metadata.get("x-appwrite-jwt", "")
         if token:
             try:
                 claims = jwt.decode(token, self.jwt_secret, project_id, self.jwt_max_ttl)
             except jwt.InvalidToken as error:
-                raise ApiError(401, "user_jwt_invalid", f"Failed to verify JWT. {error}") from None
+                raise jwt_invalid(str(error)) from None
             user_id = claims.get("userId") or claims.get("sub")
             roles = {"role:all", "role:member", f"user:{user_id}"}
             for membership in claims.get("teams", []):

@@ -4,7 +4,8 @@ A Build row with status `processing` is a queued build; a worker claims the
 oldest one atomically (processing -> building), runs it in a container of the
 function's runtime image (server.engine.Builder) and stores `ready` or
 `failed` with the output. A build left `building` by a stopped service is
-queued again at start-up, so none stays stuck.
+queued again at start-up (`requeue_interrupted`), so none stays stuck. The
+workers are a job (`BuildQueue.workers`) of server.jobs.
 """
 
 from __future__ import annotations
@@ -24,24 +25,24 @@ from server.domain import changes
 from server.domain.packages import PackageStore, normalize_member
 from server.domain.quotas import StorageQuota, tree_size
 from server.domain.runtimes import Runtime, RuntimeCatalog
+from server.engine.errors import BuildInterrupted
+from server.jobs import ThreadWorkers
+from server.limits import OUTPUT_TAIL
 from server.store.db import database
+from server.store.lifecycles import BuildStatus, transition
 from server.store.models import Build, Deployment, Function
 
 log = logging.getLogger(__name__)
 
-OUTPUT_TAIL = 16_384
 CLAIM_ATTEMPTS = 8
 
 
-class BuildInterrupted(Exception):
-    """The build's container was removed under it (the service stopping, or an
-    operator): not the build's fault, so it is queued again."""
-
-
 class BuildRunner(Protocol):
-    """What the queue needs from the Docker side (server.engine)."""
+    """What the queue needs from the Docker side (server.engine.Builder)."""
 
     def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str]): ...
+
+    def interrupt(self) -> None: ...
 
 
 DEPENDENCY_MANIFESTS = {"requirements.txt", "package.json"}
@@ -60,55 +61,40 @@ class BuildQueue:
 
     catalog: RuntimeCatalog
     packages: PackageStore
-    offline: BuildRunner
-    online: BuildRunner
+    offline: BuildRunner | None
+    online: BuildRunner | None
     ensure_image: Callable[[Runtime], str]
     quota: StorageQuota
     uncompressed_limit: int
-    workers: int = 1
+    workers_count: int = 1
     on_ready: list[Callable[[Build, Deployment, Function], None]] = field(default_factory=list)
 
     def __post_init__(self):
-        self._wake = threading.Condition()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        interrupts = tuple(runner.interrupt for runner in (self.offline, self.online) if runner is not None)
+        # On stop: first mark the queue stopping, then cut off running builds (queued again, never failed).
+        self.workers = ThreadWorkers("build-workers", self.workers_count, self._claim_with_retry, self._work_on,
+                                     on_signal=(self._stopping.set, *interrupts))
 
-    def start(self) -> None:
-        requeued = Build.update(status="processing", stdout="", stderr="Build restarted: the service stopped while it ran.\n").where(
-            Build.status == "building"
-        ).execute()
+    def requeue_interrupted(self) -> None:
+        """At start-up: builds a stop left `building` are queued again."""
+        requeued = transition(Build, BuildStatus.BUILDING, BuildStatus.PROCESSING,
+                              stdout="", stderr="Build restarted: the service stopped while it ran.\n").execute()
         if requeued:
             log.warning("builds interrupted by a restart queued again", extra={"count": requeued})
-        for i in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"build-worker-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
 
-    def stopping(self) -> None:
-        """From now on the service is stopping: a build cut off by it (its
-        container removed, killed mid-run) is queued again, never failed."""
-        self._stop.set()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
-        for thread in self._threads:
-            thread.join(timeout)
-
-    def enqueue(self, build: Build) -> None:
-        with self._wake:
-            self._wake.notify()
+    def enqueue(self) -> None:
+        """A build was queued (status `processing`): wake a worker."""
+        self.workers.wake()
 
     def _claim(self) -> Build | None:
         """The oldest queued build, now `building`. One UPDATE statement: a
         read-then-write transaction would have to upgrade its SQLite lock,
         which fails at once ("database is locked") when another writer
         committed in between, without waiting for the busy timeout."""
-        oldest = Build.select(Build.seq).where(Build.status == "processing").order_by(Build.seq).limit(1)
-        rows = list(Build.update(status="building", start_time=int(time.time())).where(
-            (Build.seq == oldest) & (Build.status == "processing")
-        ).returning(Build.seq).execute())
+        oldest = Build.select(Build.seq).where(Build.status == BuildStatus.PROCESSING).order_by(Build.seq).limit(1)
+        rows = list(transition(Build, BuildStatus.PROCESSING, BuildStatus.BUILDING, Build.seq == oldest,
+                               start_time=int(time.time())).returning(Build.seq).execute())
         return Build.get_by_id(rows[0].seq) if rows else None
 
     def _claim_with_retry(self) -> Build | None:
@@ -120,34 +106,29 @@ class BuildQueue:
                 if attempt == CLAIM_ATTEMPTS - 1:
                     log.warning("claiming a build failed; the next round tries again", extra={"error": str(error)})
                     return None
-                self._stop.wait(min(0.05 * 2 ** attempt, 1.0))
+                self._stopping.wait(min(0.05 * 2 ** attempt, 1.0))
+        return None
 
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                build = self._claim_with_retry()
-            except Exception:
-                log.exception("claiming a build failed")
-                build = None
-            if build is None:
-                with self._wake:
-                    self._wake.wait(timeout=2.0)
-                continue
-            try:
-                self._run(build)
-            except BuildInterrupted:
-                Build.update(status="processing", start_time=0).where(
-                    (Build.seq == build.seq) & (Build.status == "building")).execute()
-                log.info("build interrupted: its container went away; queued again", extra={"build": build.uid})
-            except Exception as error:  # a broken build must not stop the worker
-                log.exception("build crashed", extra={"build": build.uid})
-                self._finish(build, ok=False, stdout="", stderr=f"Build failed: internal error: {error}", duration=0.0)
-            finally:
-                database.close()
+    def _work_on(self, build: Build) -> None:
+        try:
+            self._run(build)
+        except Exception as error:  # a broken build must not stop the worker
+            if isinstance(error, BuildInterrupted) or self._stopping.is_set():
+                # Its container went away, or the stop cut it off (e.g. cancelled its image build): not its fault.
+                transition(Build, BuildStatus.BUILDING, BuildStatus.PROCESSING, Build.seq == build.seq, start_time=0).execute()
+                log.info("build interrupted; queued again", extra={"build": build.uid, "reason": str(error)})
+                return
+            log.exception("build crashed", extra={"build": build.uid})
+            self._finish(build, ok=False, stdout="", stderr=f"Build failed: internal error: {error}", duration=0.0)
+        finally:
+            database.close()
+
+    def _sources(self, build: Build) -> tuple[Deployment | None, Function | None]:
+        dep = Deployment.find(build.project, build.deployment)
+        return dep, dep and Function.find(dep.project, dep.function)
 
     def _run(self, build: Build) -> None:
-        dep = Deployment.get_or_none((Deployment.project == build.project) & (Deployment.uid == build.deployment))
-        fn = dep and Function.get_or_none((Function.project == dep.project) & (Function.uid == dep.function))
+        dep, fn = self._sources(build)
         if dep is None or fn is None:
             build.delete_instance()  # its deployment was deleted meanwhile
             return
@@ -160,7 +141,7 @@ class BuildQueue:
         output = self.packages.build_dir(build.project, build.uid)
         runner = self.online if declares_dependencies(Path(dep.path)) else self.offline
         result = runner.build(runtime, image, Path(dep.path), dep.entrypoint, output, dict(fn.vars))
-        if not result.ok and self._stop.is_set():
+        if not result.ok and self._stopping.is_set():
             raise BuildInterrupted("the service stopped during the build")
         ok, stderr, output_bytes = result.ok, result.stderr, 0
         if ok:
@@ -176,20 +157,20 @@ class BuildQueue:
                 output_bytes: int = 0) -> None:
         now = int(time.time())
         with database.atomic():
-            updated = Build.update(
-                status="ready" if ok else "failed", stdout=stdout[-OUTPUT_TAIL:], stderr=stderr[-OUTPUT_TAIL:],
-                output_path=output, output_bytes=output_bytes, end_time=now, duration=int(round(duration)),
-            ).where((Build.seq == build.seq) & (Build.status == "building")).execute()
+            updated = transition(
+                Build, BuildStatus.BUILDING, BuildStatus.READY if ok else BuildStatus.FAILED, Build.seq == build.seq,
+                stdout=stdout[-OUTPUT_TAIL:], stderr=stderr[-OUTPUT_TAIL:], output_path=output, output_bytes=output_bytes,
+                end_time=now, duration=int(round(duration)),
+            ).execute()
             if not updated:
                 return  # deleted meanwhile
             build = Build.get_by_id(build.seq)
-            dep = Deployment.get_or_none((Deployment.project == build.project) & (Deployment.uid == build.deployment))
-            fn = dep and Function.get_or_none((Function.project == dep.project) & (Function.uid == dep.function))
+            dep, fn = self._sources(build)
             if ok and dep is not None and fn is not None and dep.activate:
                 fn.deployment = dep.uid
                 fn.save()
         changes.bump()
-        log.info("build finished", extra={"build": build.uid, "status": build.status})
+        log.info("build finished", extra={"build": build.uid, "status": build.status.value})
         if ok and dep is not None and fn is not None:
             for hook in self.on_ready:
                 hook(build, dep, fn)

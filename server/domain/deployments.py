@@ -20,18 +20,25 @@ from typing import Callable, Mapping
 from server.domain import changes, validation as v
 from server.domain.errors import (
     ApiError,
+    bad_request,
+    build_not_failed,
     build_not_found,
     build_not_ready,
     deployment_not_found,
+    file_empty,
+    file_too_large,
+    invalid_content_range,
     missing_argument,
+    storage_quota_exceeded,
 )
 from server.domain.functions import FunctionRules
 from server.domain.listing import page_request
 from server.domain.packages import PackageStore, check_archive
-from server.domain.quotas import StorageQuota, storage_exceeded
-from server.domain.uploads import ContentRange, FileSink, UploadReader, parse_bool, too_large
+from server.domain.quotas import StorageQuota
+from server.domain.uploads import ContentRange, FileSink, UploadReader, parse_bool
 from server.store import counts, search
 from server.store.db import database
+from server.store.lifecycles import BuildStatus, transition
 from server.store.models import Build, Deployment, Function
 from server.store.paging import Page, find_page
 
@@ -66,7 +73,7 @@ class DeploymentRules:
     packages: PackageStore
     code_size_limit: int
     uncompressed_limit: int
-    enqueue_build: Callable[[Build], None]
+    build_queued: Callable[[], None]  # wakes the build workers
     quota: StorageQuota
     on_delete: list[Callable[[Deployment], None]] = field(default_factory=list)
     on_activate: list[Callable[[Function], None]] = field(default_factory=list)
@@ -80,7 +87,7 @@ class DeploymentRules:
         v.uid("functionId", function_id)
         v.uid("deploymentId", deployment_id)  # every path ID before any lookup
         self.functions.get(project, function_id)
-        dep = Deployment.get_or_none((Deployment.project == project) & (Deployment.uid == deployment_id) & (Deployment.function == function_id))
+        dep = Deployment.find(project, deployment_id, Deployment.function == function_id)
         if dep is None:
             raise deployment_not_found()
         return dep, self.build_of(dep)
@@ -90,18 +97,15 @@ class DeploymentRules:
         self.functions.get(project, function_id)
         in_list = (Deployment.project == project) & (Deployment.function == function_id)
 
-        def cursor_seq(uid: str) -> int | None:
-            row = Deployment.select(Deployment.seq).where(in_list & (Deployment.uid == uid)).first()
-            return row.seq if row else None
-
         req = page_request(search=search, limit=limit, offset=offset, cursor=cursor, cursor_direction=cursor_direction,
-                           order_type=order_type, cursor_label="Tag", cursor_seq=cursor_seq)
+                           order_type=order_type, cursor_label="Tag",
+                           cursor_seq=lambda uid: Deployment.seq_of(project, uid, in_list))
         page = find_page(Deployment.select().where(in_list), Deployment, SEARCH_KIND, project, function_id, req)
         builds = {b.uid: b for b in Build.select().where((Build.project == project) & Build.uid.in_([d.build for d in page.items if d.build]))}
         return Page(total=page.total, items=[(d, builds.get(d.build)) for d in page.items])
 
     def build_of(self, dep: Deployment) -> Build | None:
-        return Build.get_or_none((Build.project == dep.project) & (Build.uid == dep.build)) if dep.build else None
+        return Build.find(dep.project, dep.build)
 
     # ---- uploads ----------------------------------------------------------
 
@@ -111,17 +115,17 @@ class DeploymentRules:
         fn = self.functions.get(project, function_id)
         chunk = ContentRange.parse(headers["content-range"]) if headers.get("content-range") else None
         if chunk and chunk.size > self.code_size_limit:
-            raise too_large(self.code_size_limit)
+            raise file_too_large(self.code_size_limit)
         existing = None
         upload_id = headers.get("x-appwrite-id", "").strip()
         if chunk and upload_id:
-            existing = Deployment.get_or_none((Deployment.project == project) & (Deployment.uid == upload_id) & (Deployment.function == fn.uid))
+            existing = Deployment.find(project, upload_id, Deployment.function == fn.uid)
             if existing is None:
                 raise deployment_not_found()
             if existing.path:
-                raise ApiError(400, "storage_invalid_content_range", "This deployment's upload is already complete.")
+                raise invalid_content_range("This deployment's upload is already complete.")
             if existing.size != chunk.size:
-                raise ApiError(400, "storage_invalid_content_range", "Content-Range total differs from the upload's first chunk.")
+                raise invalid_content_range("Content-Range total differs from the upload's first chunk.")
         deployment_id = existing.uid if existing else v.new_id()
         overflow = None
         if chunk:
@@ -133,7 +137,7 @@ class DeploymentRules:
         else:
             room = self.quota.room_for_upload(project)
             if room < self.code_size_limit:
-                overflow = storage_exceeded(self.quota.project_bytes)
+                overflow = storage_quota_exceeded(self.quota.project_bytes)
             path = self.packages.upload_path(project, f"{deployment_id}.{uuid.uuid4().hex[:8]}.upload")
             limit, offset, truncate = min(self.code_size_limit, room), 0, True
             earlier = []
@@ -148,7 +152,7 @@ class DeploymentRules:
         entrypoint = fields.get("entrypoint", upload.entrypoint)
         activate = parse_bool("activate", fields["activate"]) if "activate" in fields else bool(upload.activate)
         if received.sink is None or received.sink.count == 0 and upload.chunk is None:
-            raise ApiError(400, "storage_file_empty", "No file sent")
+            raise file_empty()
         if upload.existing is None:
             if entrypoint == "":
                 raise missing_argument("entrypoint")
@@ -157,14 +161,14 @@ class DeploymentRules:
             return self._complete(upload, upload.path, entrypoint, activate, received.sink.count,
                                   received.sink.sha256.hexdigest(), chunks=(1, 1))
         if received.sink.count != upload.chunk.length:
-            raise ApiError(400, "storage_invalid_content_range",
-                           f"The chunk holds {received.sink.count} bytes; Content-Range says {upload.chunk.length}.")
+            raise invalid_content_range(
+                f"The chunk holds {received.sink.count} bytes; Content-Range says {upload.chunk.length}.")
         return self._record_chunk(upload, entrypoint, activate)
 
     def _record_chunk(self, upload: "Upload", entrypoint: str, activate: bool) -> Deployment:
         chunk = upload.chunk
         with self._locks(upload.deployment_id):
-            dep = Deployment.get_or_none((Deployment.project == upload.fn.project) & (Deployment.uid == upload.deployment_id))
+            dep = Deployment.find(upload.fn.project, upload.deployment_id)
             if dep is None:
                 if upload.existing is not None:  # deleted while this chunk was in flight
                     raise deployment_not_found()
@@ -203,14 +207,14 @@ class DeploymentRules:
         package = self.packages.commit(source, project, deployment_id)
         try:
             with database.atomic():
-                dep = Deployment.get_or_none((Deployment.project == project) & (Deployment.uid == deployment_id))
+                dep = Deployment.find(project, deployment_id)
                 if dep is None:
                     dep = Deployment.create(project=project, uid=deployment_id, function=upload.fn.uid, entrypoint=entrypoint,
                                             activate=activate, size=size, date_created=int(time.time()), received=[])
                     _index(dep)
                     counts.adjust(SEARCH_KIND, project, dep.function, 1)
                 build = Build.create(project=project, uid=v.new_id(), deployment=deployment_id,
-                                     runtime=upload.fn.runtime, status="processing", start_time=0)
+                                     runtime=upload.fn.runtime, status=BuildStatus.PROCESSING, start_time=0)
                 dep.size, dep.sha256, dep.path, dep.build = size, sha256, str(package), build.uid
                 dep.chunks_total, dep.chunks_uploaded = chunks
                 dep.received = [[0, size]] if upload.chunk else []
@@ -224,7 +228,7 @@ class DeploymentRules:
         except Exception:
             package.unlink(missing_ok=True)
             raise
-        self.enqueue_build(build)
+        self.build_queued()
         return dep
 
     def discard_stale_uploads(self, max_age: float) -> int:
@@ -249,7 +253,7 @@ class DeploymentRules:
         dep, build = self.get(project, function_id, deployment_id)
         if build is None:
             raise build_not_found()
-        if build.status != "ready":
+        if build.status is not BuildStatus.READY:
             raise build_not_ready()
         fn.deployment = dep.uid
         fn.save()
@@ -279,16 +283,15 @@ class DeploymentRules:
         dep, build = self.get(project, function_id, deployment_id)
         if build is None or build.uid != build_id:
             raise build_not_found()
-        if build.status != "failed":
-            raise ApiError(400, "build_in_progress", "Build not failed")
+        if build.status is not BuildStatus.FAILED:
+            raise build_not_failed()
         with database.atomic():
-            updated = Build.update(status="processing", stdout="", stderr="", start_time=0, end_time=0, duration=0).where(
-                (Build.project == project) & (Build.uid == build.uid) & (Build.status == "failed")
-            ).execute()
+            updated = transition(Build, BuildStatus.FAILED, BuildStatus.PROCESSING, Build.seq == build.seq,
+                                 stdout="", stderr="", start_time=0, end_time=0, duration=0).execute()
         if not updated:
-            raise ApiError(400, "build_in_progress", "Build not failed")
+            raise build_not_failed()
         changes.bump()
-        self.enqueue_build(Build.get_by_id(build.seq))
+        self.build_queued()
 
 
 @dataclass
@@ -315,13 +318,13 @@ class Upload:
     def feed(self, data: bytes) -> None:
         with self._lock:
             if self._ended:
-                raise ApiError(400, "general_argument_invalid", "The upload was aborted.")
+                raise bad_request("The upload was aborted.")
             self.reader.feed(data)
 
     def finish(self) -> Deployment:
         with self._lock:
             if self._ended:
-                raise ApiError(400, "general_argument_invalid", "The upload was aborted.")
+                raise bad_request("The upload was aborted.")
             self._ended = True
             try:
                 return self.rules.finish_upload(self)
@@ -344,8 +347,7 @@ class Upload:
         self.reader.close()
         if self.chunk is None:
             self.path.unlink(missing_ok=True)
-        elif self.existing is None and Deployment.get_or_none(
-                (Deployment.project == self.fn.project) & (Deployment.uid == self.deployment_id)) is None:
+        elif self.existing is None and Deployment.find(self.fn.project, self.deployment_id) is None:
             self.path.unlink(missing_ok=True)
 
 

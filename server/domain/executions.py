@@ -10,24 +10,35 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from server.domain import changes, validation as v
 from server.domain.auth import Caller, Scope
-from server.domain.errors import ApiError, build_not_found, build_not_ready, deployment_not_found, execution_not_found
+from server.domain.errors import (
+    build_not_found,
+    build_not_ready,
+    deployment_not_found,
+    execution_not_found,
+    missing_scope,
+    rate_limited,
+    runtime_unsupported,
+    user_unauthorized,
+)
 from server.domain.functions import FunctionRules
 from server.domain.listing import page_request
 from server.domain.ratelimit import RateLimiter
 from server.domain.runtimes import Runtime, RuntimeCatalog
+from server.limits import OUTPUT_TAIL
 import peewee as pw
 
 from server.store import counts, search, statements
 from server.store.db import database
+from server.store.lifecycles import BuildStatus, ExecutionStatus, transition
 from server.store.models import Build, Deployment, Execution, Function
 from server.store.paging import Page, find_page
 
 SEARCH_KIND = "execution"
 MAX_DATA = 8192
-OUTPUT_TAIL = 16_384
 
 
 @dataclass(frozen=True)
@@ -44,16 +55,15 @@ class Runnable:
         return Path(self.build.output_path)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a run produced (see server.engine's InvocationResult)."""
+class Outcome(Protocol):
+    """What a run produced: the engine's InvocationResult has these."""
 
     status_code: int
     body: str
     logs: str
     errors: str
     error: str
-    duration: float
+    duration: float  # seconds
 
 
 def can_execute(caller: Caller, execute: list[str]) -> bool:
@@ -93,9 +103,9 @@ class ExecutionRules:
                 self._plans.clear()
             self._plans[key] = (generation, run)
         if run.runtime not in self.catalog.enabled():
-            raise ApiError(400, "function_runtime_unsupported", f'Runtime "{run.function.runtime}" is not supported')
+            raise runtime_unsupported(run.function.runtime)
         if not can_execute(caller, run.function.execute):
-            raise ApiError(401, "user_unauthorized", _denied(caller, run.function.execute))
+            raise user_unauthorized(_denied(caller, run.function.execute))
         v.text("data", data, MAX_DATA)
         if not caller.is_key:
             who = f"user:{caller.user_id}" if caller.user_id else f"ip:{caller.address}"
@@ -129,14 +139,13 @@ class ExecutionRules:
         async queue; 429 past max_waiting)."""
         with database.atomic():
             if not sync:
-                waiting = Execution.select().where((Execution.project == caller.project) & (Execution.status == "waiting")).count()
-                if waiting >= self.max_waiting:
-                    raise ApiError(429, "general_rate_limit_exceeded", "Too many executions waiting; retry later.")
+                if Execution.waiting_in(caller.project) >= self.max_waiting:
+                    raise rate_limited("Too many executions waiting; retry later.")
             row = dict(
                 project=caller.project, uid=v.new_id(), function=run.function.uid, deployment=run.deployment.uid,
                 read=[f"user:{caller.user_id}"] if caller.user_id else [], trigger="http", data=data,
                 user_id=caller.user_id, date_created=int(time.time()),
-                status="processing" if sync else "waiting", run_started=_now_ms() if sync else 0,
+                status=ExecutionStatus.PROCESSING if sync else ExecutionStatus.WAITING, run_started=_now_ms() if sync else 0,
                 status_code=0, stdout="", stderr="", logs="", errors="", time=0.0,
             )
             seq = statements.insert(Execution, row)
@@ -152,38 +161,37 @@ class ExecutionRules:
 
     def claim(self, seq: int) -> Execution | None:
         """waiting -> processing, atomically; None if another worker took it or it is gone."""
-        claimed = Execution.update(status="processing").where((Execution.seq == seq) & (Execution.status == "waiting")).execute()
+        claimed = transition(Execution, ExecutionStatus.WAITING, ExecutionStatus.PROCESSING, Execution.seq == seq).execute()
         return Execution.get_or_none(Execution.seq == seq) if claimed else None
 
     def waiting(self, limit: int = 1000) -> list[int]:
-        return [row.seq for row in Execution.select(Execution.seq).where(Execution.status == "waiting").order_by(Execution.seq).limit(limit)]
+        return Execution.oldest_waiting(limit)
 
     def mark_started(self, ex: Execution) -> None:
         """The function is about to get its request: from now on a crash fails it."""
         Execution.update(run_started=_now_ms()).where(Execution.seq == ex.seq).execute()
 
     def finish(self, ex: Execution, outcome: Outcome) -> Execution:
-        fields = _outcome_fields(outcome)
-        Execution.update(**fields).where(Execution.seq == ex.seq).execute()
+        status, fields = _outcome_status(outcome), _outcome_fields(outcome)
+        transition(Execution, ExecutionStatus.PROCESSING, status, Execution.seq == ex.seq, **fields).execute()
+        ex.status = status
         for name, value in fields.items():
             setattr(ex, name, value)
         return ex
 
     def fail(self, ex: Execution, message: str, status_code: int = 500) -> None:
-        Execution.update(status="failed", status_code=status_code, stderr=message[-OUTPUT_TAIL:]).where(
-            Execution.seq == ex.seq
-        ).execute()
+        transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.seq == ex.seq,
+                   status_code=status_code, stderr=message[-OUTPUT_TAIL:]).execute()
 
     def interrupted(self) -> tuple[int, int]:
         """At start-up, after a stop: executions claimed but never started go
         back to the queue; those whose function had started end failed.
         Returns (queued again, failed)."""
         with database.atomic():
-            requeued = Execution.update(status="waiting").where(
-                (Execution.status == "processing") & (Execution.run_started == 0)).execute()
-            failed = Execution.update(
-                status="failed", status_code=500, stderr="Execution interrupted: the service stopped while it ran."
-            ).where(Execution.status == "processing").execute()
+            requeued = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.WAITING,
+                                  Execution.run_started == 0).execute()
+            failed = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, status_code=500,
+                                stderr="Execution interrupted: the service stopped while it ran.").execute()
         return requeued, failed
 
     def runnable_for(self, ex: Execution) -> Runnable:
@@ -199,16 +207,15 @@ class ExecutionRules:
         order of checks: runtime, deployment, build, build ready."""
         runtime = self.catalog.get(fn.runtime)
         if runtime is None:
-            raise ApiError(400, "function_runtime_unsupported", f'Runtime "{fn.runtime}" is not supported')
+            raise runtime_unsupported(fn.runtime)
         deployment_id = fn.deployment if deployment_id is None else deployment_id
-        dep = Deployment.get_or_none((Deployment.project == fn.project) & (Deployment.uid == deployment_id)
-                                     & (Deployment.function == fn.uid)) if deployment_id else None
+        dep = Deployment.find(fn.project, deployment_id, Deployment.function == fn.uid)
         if dep is None:
             raise deployment_not_found("Deployment not found. Deploy deployment before trying to execute a function")
-        build = Build.get_or_none((Build.project == fn.project) & (Build.uid == dep.build)) if dep.build else None
+        build = Build.find(fn.project, dep.build)
         if build is None:
             raise build_not_found()
-        if build.status != "ready":
+        if build.status is not BuildStatus.READY:
             raise build_not_ready()
         return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
 
@@ -219,8 +226,7 @@ class ExecutionRules:
         v.uid("functionId", function_id)
         v.uid("executionId", execution_id)  # every path ID before any lookup
         self.functions.get(caller.project, function_id)
-        ex = Execution.get_or_none((Execution.project == caller.project) & (Execution.uid == execution_id)
-                                   & (Execution.function == function_id))
+        ex = Execution.find(caller.project, execution_id, Execution.function == function_id)
         if ex is None or not (caller.is_key or ex.user_id == caller.user_id):
             raise execution_not_found()
         return ex
@@ -233,12 +239,9 @@ class ExecutionRules:
         if not caller.is_key:
             in_list &= Execution.user_id == caller.user_id
 
-        def cursor_seq(uid: str) -> int | None:
-            row = Execution.select(Execution.seq).where(in_list & (Execution.uid == uid)).first()
-            return row.seq if row else None
-
         req = page_request(search=search, limit=limit, offset=offset, cursor=cursor, cursor_direction=cursor_direction,
-                           default_order="DESC", cursor_label="Execution", cursor_seq=cursor_seq)
+                           default_order="DESC", cursor_label="Execution",
+                           cursor_seq=lambda uid: Execution.seq_of(caller.project, uid, in_list))
         return find_page(Execution.select().where(in_list), Execution, SEARCH_KIND, caller.project, function_id, req,
                          counted=caller.is_key, word_match=functools.partial(_id_word_matches, function_id))
 
@@ -246,7 +249,7 @@ class ExecutionRules:
         if caller.is_key or caller.user_id:
             caller.require(Scope.EXECUTION_READ)
         else:
-            raise ApiError(401, "general_unauthorized_scope", "User (role: guest) missing scope (execution.read)")
+            raise missing_scope("User", "guest", Scope.EXECUTION_READ.value)
 
 
 def _id_word_matches(function_id: str, word: str) -> pw.Expression:
@@ -261,10 +264,13 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _outcome_fields(outcome: Outcome) -> dict:
+def _outcome_status(outcome: Outcome) -> ExecutionStatus:
     completed = 200 <= outcome.status_code < 300 and not outcome.error
+    return ExecutionStatus.COMPLETED if completed else ExecutionStatus.FAILED
+
+
+def _outcome_fields(outcome: Outcome) -> dict:
     return {
-        "status": "completed" if completed else "failed",
         "status_code": outcome.status_code,
         "stdout": outcome.body,  # whole: the runtime refuses bodies past FUNCTIONS_RESPONSE_MAX_BYTES
         "stderr": outcome.error[-OUTPUT_TAIL:],

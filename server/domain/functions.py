@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -78,20 +79,16 @@ class FunctionRules:
 
     def get(self, project: str, function_id: str) -> Function:
         v.uid("functionId", function_id)  # 400 before any lookup, as Appwrite's UID validator
-        fn = Function.get_or_none((Function.project == project) & (Function.uid == function_id))
+        fn = Function.find(project, function_id)
         if fn is None:
             raise function_not_found()
         return fn
 
     def list(self, project: str, *, search: str, limit: int | None, offset: int, cursor: str,
              cursor_direction: str, order_type: str) -> Page[Function]:
-        def cursor_seq(uid: str) -> int | None:
-            row = Function.select(Function.seq).where((Function.project == project) & (Function.uid == uid)).first()
-            return row.seq if row else None
-
         req = page_request(
             search=search, limit=limit, offset=offset, cursor=cursor, cursor_direction=cursor_direction,
-            order_type=order_type, cursor_label="Function", cursor_seq=cursor_seq,
+            order_type=order_type, cursor_label="Function", cursor_seq=functools.partial(Function.seq_of, project),
         )
         query = Function.select().where(Function.project == project)
         return find_page(query, Function, SEARCH_KIND, project, "", req)

@@ -16,13 +16,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.domain.errors import ApiError, invalid_argument
+from server.domain.errors import file_type_unsupported, invalid_argument, invalid_file
 
 MAX_MEMBERS = 100_000
-
-
-def _bad_archive(message: str) -> ApiError:
-    return ApiError(400, "storage_invalid_file", message)
 
 
 def normalize_member(name: str) -> str:
@@ -41,7 +37,7 @@ def check_archive(path: Path, entrypoint: str, max_uncompressed: int) -> Archive
     """Validate the archive at `path`; raises ApiError 400 with a clear message."""
     with open(path, "rb") as fh:
         if fh.read(2) != b"\x1f\x8b":
-            raise ApiError(400, "storage_file_type_unsupported", "The code must be a gzip-compressed tar archive (.tar.gz).")
+            raise file_type_unsupported()
     wanted = normalize_member(entrypoint)
     found_entrypoint = False
     total = 0
@@ -51,17 +47,17 @@ def check_archive(path: Path, entrypoint: str, max_uncompressed: int) -> Archive
             for member in archive:
                 count += 1
                 if count > MAX_MEMBERS:
-                    raise _bad_archive(f"The archive has more than {MAX_MEMBERS} members.")
+                    raise invalid_file(f"The archive has more than {MAX_MEMBERS} members.")
                 _check_member(member)
                 total += max(member.size, 0)
                 if total > max_uncompressed:
-                    raise _bad_archive(f"The archive unpacks to more than {max_uncompressed} bytes.")
+                    raise invalid_file(f"The archive unpacks to more than {max_uncompressed} bytes.")
                 if member.isfile() and normalize_member(member.name) == wanted:
                     found_entrypoint = True
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise _bad_archive(f"The code is not a valid tar.gz archive: {error}") from None
+        raise invalid_file(f"The code is not a valid tar.gz archive: {error}") from None
     if count == 0:
-        raise _bad_archive("The archive is empty.")
+        raise invalid_file("The archive is empty.")
     if not found_entrypoint:
         raise invalid_argument("entrypoint", f"File '{entrypoint}' not found in the code archive.")
     return ArchiveSummary(members=count, uncompressed_bytes=total)
@@ -70,19 +66,19 @@ def check_archive(path: Path, entrypoint: str, max_uncompressed: int) -> Archive
 def _check_member(member: tarfile.TarInfo) -> None:
     name = member.name.replace("\\", "/")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise _bad_archive(f"Archive member '{member.name}' has an absolute path.")
+        raise invalid_file(f"Archive member '{member.name}' has an absolute path.")
     if ".." in name.split("/"):
-        raise _bad_archive(f"Archive member '{member.name}' leaves the code directory ('..').")
+        raise invalid_file(f"Archive member '{member.name}' leaves the code directory ('..').")
     if member.isdev() or member.isfifo():
-        raise _bad_archive(f"Archive member '{member.name}' is a device file or FIFO.")
+        raise invalid_file(f"Archive member '{member.name}' is a device file or FIFO.")
     if member.issym() or member.islnk():
         target = member.linkname.replace("\\", "/")
         base = posixpath.dirname(normalize_member(name)) if member.issym() else ""
         resolved = posixpath.normpath(posixpath.join(base, target))
         if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
-            raise _bad_archive(f"Archive member '{member.name}' links outside the code directory.")
+            raise invalid_file(f"Archive member '{member.name}' links outside the code directory.")
     elif not (member.isfile() or member.isdir()):
-        raise _bad_archive(f"Archive member '{member.name}' has an unsupported type.")
+        raise invalid_file(f"Archive member '{member.name}' has an unsupported type.")
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,10 @@ from pathlib import Path
 
 import peewee as pw
 
-from server.domain.errors import ApiError
+from server.domain.errors import invalid_file_size, rate_limited, storage_quota_exceeded
 from server.store.models import Build, Deployment
 
 MB = 1024 * 1024
-
-
-def storage_exceeded(limit: int) -> ApiError:
-    return ApiError(400, "storage_invalid_file_size",
-                    f"The project's storage quota of {limit // MB} MB (FUNCTIONS_PROJECT_STORAGE_MB) is used up: "
-                    "delete deployments to make room.")
 
 
 @dataclass(frozen=True)
@@ -42,7 +36,7 @@ class StorageQuota:
         """Bytes a new upload may still take; ApiError 400 when none are left."""
         room = self.project_bytes - self.used(project)
         if room <= 0:
-            raise storage_exceeded(self.project_bytes)
+            raise storage_quota_exceeded(self.project_bytes)
         return room
 
     def admit_chunked_upload(self, project: str, size: int) -> None:
@@ -51,15 +45,15 @@ class StorageQuota:
             (Deployment.project == project) & (Deployment.path == "")).tuples().first()
         count, declared = int(pending[0] or 0), int(pending[1] or 0)
         if count >= self.pending_uploads:
-            raise ApiError(429, "general_rate_limit_exceeded",
-                           f"The project has {count} unfinished chunked uploads, the most allowed "
-                           "(FUNCTIONS_MAX_PENDING_UPLOADS): finish or delete some first.")
+            raise rate_limited(
+                f"The project has {count} unfinished chunked uploads, the most allowed "
+                "(FUNCTIONS_MAX_PENDING_UPLOADS): finish or delete some first.")
         if declared + size > self.pending_upload_bytes:
-            raise ApiError(400, "storage_invalid_file_size",
-                           f"Unfinished chunked uploads of the project would declare {declared + size} bytes; the limit is "
-                           f"{self.pending_upload_bytes // MB} MB (FUNCTIONS_PENDING_UPLOAD_MB).")
+            raise invalid_file_size(
+                f"Unfinished chunked uploads of the project would declare {declared + size} bytes; the limit is "
+                f"{self.pending_upload_bytes // MB} MB (FUNCTIONS_PENDING_UPLOAD_MB).")
         if size > self.room_for_upload(project):
-            raise storage_exceeded(self.project_bytes)
+            raise storage_quota_exceeded(self.project_bytes)
 
     def build_output_problem(self, project: str, output_bytes: int, uncompressed_limit: int) -> str | None:
         """Why a finished build's output may not be kept, or None."""

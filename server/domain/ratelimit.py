@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from server.domain.errors import ApiError
+from server.domain.errors import rate_limited
 
 
 class RateLimiter:
@@ -25,7 +25,7 @@ class RateLimiter:
             if now - start >= self.window:
                 start, count = now, 0
             if count >= self.limit:
-                raise ApiError(429, "general_rate_limit_exceeded", "Too many requests")
+                raise rate_limited()
             self._counts[key] = (start, count + 1)
             if len(self._counts) > 100_000:
                 self._counts = {k: v for k, v in self._counts.items() if now - v[0] < self.window}

@@ -4,7 +4,9 @@ async queue (Execution rows with status `waiting`).
 The runner is asyncio code on the server's event loop. Every write of an
 execution row goes through `write` (the group-commit writer, one SQLite
 writer for all of them); reads go to the blocking pool; the containers are
-the engine's (`invoke`).
+the engine's (`invoke`). The queue is worked by background jobs (see
+server.app): `recover` once at start-up, `queue_waiting` now and then,
+workers taking `next_queued` and running `run_queued`.
 """
 
 from __future__ import annotations
@@ -14,43 +16,30 @@ import functools
 import logging
 from typing import Awaitable, Callable
 
+from server.concurrency import Blocking
 from server.domain.auth import Caller
 from server.domain.errors import ApiError
 from server.domain.executions import ExecutionRules, Outcome, Runnable
+from server.engine.errors import EngineError
 from server.store.models import Execution
 
 log = logging.getLogger(__name__)
 
-# invoke(run, payload, env, timeout, on_start=None): `on_start` is awaited once
-# a container holds the code, right before the function gets its request.
+# invoke(run, payload, env, timeout, on_start=None) -> Outcome; raises
+# EngineError when it refuses before the function ran. `on_start` is awaited
+# once a container holds the code, right before the function gets its request.
 Invoke = Callable[..., Awaitable[Outcome]]
+Write = Callable[[Callable[[], object]], Awaitable[object]]
 
 
 class ExecutionRunner:
-    """`write` runs store work through the group-commit writer (server.store.batch)."""
-
-    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking, workers: int, write):
+    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking: Blocking, write: Write):
         self.rules = rules
         self.invoke = invoke
         self.blocking = blocking
         self.write = write
-        self.workers = workers
         self._queue: asyncio.Queue[int] = asyncio.Queue()
         self._queued: set[int] = set()  # in the queue now: the sweep adds no duplicates
-        self._tasks: list[asyncio.Task] = []
-
-    async def start(self) -> None:
-        requeued, failed = await self.blocking(self.rules.interrupted)
-        if requeued or failed:
-            log.warning("executions cut off by a stop: never-started ones queued again, started ones failed",
-                        extra={"requeued": requeued, "failed": failed})
-        self._tasks = [asyncio.create_task(self._work(), name=f"execution-worker-{i}") for i in range(self.workers)]
-        self._tasks.append(asyncio.create_task(self._sweep(), name="execution-sweeper"))
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def run_sync(self, run: Runnable, caller: Caller, data: str) -> Execution:
         """Recorded `processing` first, so a crash mid-run leaves a record (failed at restart)."""
@@ -58,7 +47,7 @@ class ExecutionRunner:
         env = self.rules.environment(run, caller, data)
         try:
             outcome = await self.invoke(run, data, env, float(run.function.timeout))
-        except ApiError:  # refused before the function ran (busy, shutting down): no record
+        except EngineError:  # refused before the function ran (busy, shutting down): no record
             await self.write(functools.partial(self.rules.discard, execution))
             raise
         return await self.write(functools.partial(self.rules.finish, execution, outcome))
@@ -68,32 +57,32 @@ class ExecutionRunner:
         self._enqueue(execution.seq)
         return execution
 
+    # ---- the durable queue (worked by jobs) -----------------------------------
+
+    async def recover(self) -> None:
+        """At start-up: executions a stop cut off are queued again (never
+        started) or failed (started)."""
+        requeued, failed = await self.blocking(self.rules.interrupted)
+        if requeued or failed:
+            log.warning("executions cut off by a stop: never-started ones queued again, started ones failed",
+                        extra={"requeued": requeued, "failed": failed})
+
+    async def queue_waiting(self) -> None:
+        """Queue what the database holds as waiting, so an execution whose wake-up was lost still runs."""
+        for seq in await self.blocking(self.rules.waiting):
+            self._enqueue(seq)
+
+    async def next_queued(self) -> int:
+        seq = await self._queue.get()
+        self._queued.discard(seq)
+        return seq
+
     def _enqueue(self, seq: int) -> None:
         if seq not in self._queued:
             self._queued.add(seq)
             self._queue.put_nowait(seq)
 
-    async def _sweep(self) -> None:
-        """Queue what the database holds as waiting: at start and then now and
-        then, so an execution whose wake-up was lost still runs."""
-        while True:
-            seqs = await self.blocking(self.rules.waiting)
-            for seq in seqs:
-                self._enqueue(seq)
-            await asyncio.sleep(5.0)
-
-    async def _work(self) -> None:
-        while True:
-            seq = await self._queue.get()
-            self._queued.discard(seq)
-            try:
-                await self._run_waiting(seq)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one broken execution must not stop the worker
-                log.exception("async execution crashed", extra={"seq": seq})
-
-    async def _run_waiting(self, seq: int) -> None:
+    async def run_queued(self, seq: int) -> None:
         execution = await self.write(functools.partial(self.rules.claim, seq))
         if execution is None:
             return  # taken by another worker, or deleted
@@ -105,12 +94,13 @@ class ExecutionRunner:
         caller = Caller(project=execution.project, role="member" if execution.user_id else "guest",
                         scopes=frozenset(), user_id=execution.user_id)
         env = self.rules.environment(run, caller, execution.data)
+
         async def started() -> None:
             await self.write(functools.partial(self.rules.mark_started, execution))
 
         try:
             outcome = await self.invoke(run, execution.data, env, float(run.function.timeout), on_start=started)
-        except ApiError as error:
-            await self.write(functools.partial(self.rules.fail, execution, error.message))
+        except EngineError as error:
+            await self.write(functools.partial(self.rules.fail, execution, f"Execution failed: {error}"))
             return
         await self.write(functools.partial(self.rules.finish, execution, outcome))

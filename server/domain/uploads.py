@@ -17,14 +17,10 @@ from pathlib import Path
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget, ValueTarget
 
-from server.domain.errors import ApiError
+from server.domain.errors import ApiError, bad_request, file_too_large, invalid_argument, invalid_content_range
 
 _RANGE = re.compile(r"^\s*([A-Za-z]+)\s+(\d+)-(\d+)/(\d+)\s*$")
 MAX_FIELD_BYTES = 4096
-
-
-def too_large(limit: int) -> ApiError:
-    return ApiError(400, "storage_invalid_file_size", f"File size not allowed: the limit is {limit} bytes.")
 
 
 @dataclass(frozen=True)
@@ -43,19 +39,15 @@ class ContentRange:
     def parse(cls, header: str) -> "ContentRange":
         match = _RANGE.match(header)
         if not match or match[1].lower() != "bytes":
-            raise invalid_range()
+            raise invalid_content_range()
         start, end, size = int(match[2]), int(match[3]), int(match[4])
         if not start <= end <= size or size == 0 or start >= size:
-            raise invalid_range()
+            raise invalid_content_range()
         return cls(start=start, end=min(end, size - 1) + 1, size=size)
 
     @property
     def length(self) -> int:
         return self.end - self.start
-
-
-def invalid_range() -> ApiError:
-    return ApiError(400, "storage_invalid_content_range", "Invalid content-range header")
 
 
 class FileSink:
@@ -72,7 +64,7 @@ class FileSink:
         self.position = offset
         self.count = 0  # bytes of this request so far
         self.limit = limit
-        self.overflow = overflow or too_large(limit)  # what passing the limit answers
+        self.overflow = overflow or file_too_large(limit)  # what passing the limit answers
         self.sha256 = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
@@ -94,8 +86,8 @@ class FileSink:
             piece = data[lo - start:hi - start]
             if any(a <= lo and hi <= b for a, b in self.received):
                 if os.pread(self.fd, hi - lo, lo) != piece:
-                    raise ApiError(400, "storage_invalid_content_range",
-                                   f"The chunk overlaps bytes {lo}-{hi - 1} of earlier chunks with different content.")
+                    raise invalid_content_range(
+                        f"The chunk overlaps bytes {lo}-{hi - 1} of earlier chunks with different content.")
             else:
                 os.pwrite(self.fd, piece, lo)
 
@@ -126,7 +118,7 @@ class _BoundedValue(ValueTarget):
 
     def on_data_received(self, chunk: bytes):
         if len(self.value) + len(chunk) > MAX_FIELD_BYTES:
-            raise ApiError(400, "general_argument_invalid", "A form field is too long.")
+            raise bad_request("A form field is too long.")
         super().on_data_received(chunk)
 
 
@@ -134,7 +126,6 @@ class _BoundedValue(ValueTarget):
 class ReceivedUpload:
     fields: dict[str, str]
     sink: FileSink | None
-    filename: str | None
 
 
 class UploadReader:
@@ -168,7 +159,7 @@ class UploadReader:
                 cause = error.__cause__ or error.__context__
                 if isinstance(cause, ApiError):
                     raise cause from None
-                raise ApiError(400, "general_argument_invalid", f"Malformed multipart/form-data body: {error}") from None
+                raise bad_request(f"Malformed multipart/form-data body: {error}") from None
         else:
             if self._raw_sink is None:
                 self._raw_sink = self._sink_factory()
@@ -176,9 +167,9 @@ class UploadReader:
 
     def finish(self) -> ReceivedUpload:
         if not self.multipart:
-            return ReceivedUpload(fields={}, sink=self._raw_sink, filename=None)
+            return ReceivedUpload(fields={}, sink=self._raw_sink)
         fields = {name: target.value.decode("utf-8", "replace") for name, target in self._values.items() if target.present}
-        return ReceivedUpload(fields=fields, sink=self._file.sink, filename=self._file.multipart_filename)
+        return ReceivedUpload(fields=fields, sink=self._file.sink)
 
     def close(self) -> None:
         sink = self._file.sink if self.multipart else self._raw_sink
@@ -193,4 +184,4 @@ def parse_bool(name: str, value: str) -> bool:
         return True
     if lowered in ("false", "0", ""):
         return False
-    raise ApiError(400, "general_argument_invalid", f"Invalid {name}: Value must be a valid boolean")
+    raise invalid_argument(name, "Value must be a valid boolean")

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,52 +25,27 @@ import docker
 import requests
 from docker.types import LogConfig
 
-from server.domain.builds import BuildInterrupted
 from server.domain.runtimes import Runtime
+from server.engine.errors import BuildInterrupted
+from server.engine.sandbox import (
+    CODE_MOUNT,
+    INSTANCE_LABEL,
+    OWNER_LABEL,
+    ROLE_LABEL,
+    RUNTIME_LABEL,
+    RUNTIME_MOUNT,
+    SANDBOX_ENV,
+    SOURCE_MOUNT,
+    WORK_DIR_LABEL,
+    ContainerLimits,
+    hardened_kwargs,
+    sandbox_ids,
+)
+from server.limits import OUTPUT_TAIL
 
 log = logging.getLogger(__name__)
 
-# Paths inside build (and, later, execution) containers.
-CODE_MOUNT = "/opt/functions/code"
-SOURCE_MOUNT = "/opt/functions/source.tar.gz"
-RUNTIME_MOUNT = "/opt/functions-runtime"
-
-ROLE_LABEL = "functions.role"  # "runtime" or "build"
-RUNTIME_LABEL = "functions.runtime"
-# Labels shared by runtime and build containers, so the pool's sweep removes both.
-OWNER_LABEL = "functions.pool"  # unique per pool work_dir: a pool only ever removes its own containers
-# The pool's work_dir: a container whose work_dir is gone belongs to a service
-# that was killed and whose data was removed (test runs): any pool may remove it.
-WORK_DIR_LABEL = "functions.work-dir"
-# One random token per running service: the start-up sweep leaves the builds
-# of the service that is starting alone (builds may start before the pool).
-INSTANCE_LABEL = "functions.instance"
-
-# Sandbox user when the service runs as root: numeric, so images need no passwd entry.
-SANDBOX_UID = SANDBOX_GID = 10001
-
-# Environment every sandbox gets: the root fs is read-only, only /tmp is writable.
-SANDBOX_ENV = {"HOME": "/tmp", "TMPDIR": "/tmp"}
-
-OUTPUT_TAIL_CHARS = 16_384
-
-
-@dataclass
-class ContainerLimits:
-    """Resource limits of one sandbox container (builds now, executions later)."""
-
-    memory_mb: int = 512
-    cpus: float = 1.0
-    pids: int = 256
-
-    def docker_kwargs(self) -> dict:
-        return {
-            "mem_limit": f"{self.memory_mb}m",
-            # Equal to mem_limit: no swap, so the memory limit is a hard one.
-            "memswap_limit": f"{self.memory_mb}m",
-            "nano_cpus": int(self.cpus * 1e9),
-            "pids_limit": self.pids,
-        }
+OUTPUT_TAIL_CHARS = OUTPUT_TAIL
 
 
 @dataclass
@@ -80,39 +56,15 @@ class BuildResult:
     duration: float  # seconds
 
 
-def sandbox_ids() -> tuple[int, int]:
-    """uid/gid sandbox containers run as.
-
-    As root the service uses a dedicated uid and hands it the output directory.
-    Otherwise it uses its own uid, so it can still clean up what builds write.
-    """
-    if os.geteuid() == 0:
-        return SANDBOX_UID, SANDBOX_GID
-    return os.geteuid(), os.getegid()
-
-
-def hardened_kwargs(network: str, tmp_mb: int) -> dict:
-    """Docker `create` arguments that confine untrusted code."""
-    uid, gid = sandbox_ids()
-    return {
-        "user": f"{uid}:{gid}",
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges"],
-        "read_only": True,
-        # exec: package builds run helpers from /tmp. The tmpfs is charged to the memory limit anyway.
-        "tmpfs": {"/tmp": f"rw,exec,nosuid,nodev,size={tmp_mb}m,mode=1777"},
-        # tini as PID 1: signals work and zombies are reaped.
-        "init": True,
-        "network_mode": network,
-    }
-
-
 class Builder:
     """`owner`, `work_dir` and `instance` label build containers like the pool's
     runtime containers (ContainerPool.owner, its work_dir and instance), so the
     pool's sweep removes them after a crash. `staging_dir` holds the readable
     copies of source archives (`<staging_dir>/<instance>/build-source-*`); the
-    pool's start-up sweep empties it."""
+    pool's start-up sweep empties it.
+
+    `build` runs on any number of threads at once; `interrupt` (any thread)
+    cuts off the builds running at that moment."""
 
     def __init__(self, client: docker.DockerClient, runtimes_dir: Path, limits: ContainerLimits, timeout: int, network: str = "none",
                  *, owner: str = "", work_dir: Path | None = None, instance: str = "", staging_dir: Path | None = None):
@@ -125,6 +77,21 @@ class Builder:
         self.work_dir = str(Path(work_dir).resolve()) if work_dir else ""
         self.instance = instance
         self.staging_dir = Path(staging_dir).resolve() / (instance or "shared") if staging_dir else None
+        self._running: set = set()  # the build containers of builds under way (docker Container models)
+        self._running_lock = threading.Lock()
+
+    def interrupt(self) -> None:
+        """Force-remove the container of every build running right now (from any
+        thread; blocking). Each such build ends as when its container is removed
+        from outside: `build` raises BuildInterrupted. A build whose container is
+        not created yet runs on."""
+        with self._running_lock:
+            running = list(self._running)
+        for container in running:
+            try:
+                _remove_quietly(container)
+            except (docker.errors.DockerException, requests.RequestException) as exc:
+                log.warning("removing a build container failed", extra={"container": container.id, "error": str(exc)})
 
     def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str]) -> BuildResult:
         """Unpack `source` (.tar.gz) into `output_dir` and install its dependencies.
@@ -188,11 +155,15 @@ class Builder:
                 **hardened,
                 **self.limits.docker_kwargs(),
             )
+            with self._running_lock:
+                self._running.add(container)
             try:
                 return self._start_and_wait(container)
-            except docker.errors.NotFound as exc:  # removed under our feet (the sweep at stop)
+            except docker.errors.NotFound as exc:  # removed under our feet (interrupt, or the sweep at stop)
                 raise BuildInterrupted(f"the build container was removed while the build ran: {exc}") from exc
             finally:
+                with self._running_lock:
+                    self._running.discard(container)
                 _remove_quietly(container)
 
     def _start_and_wait(self, container) -> tuple[str, str, str | None]:

@@ -1,32 +1,38 @@
-"""The Docker side as one object the service wires in (see server.app)."""
+"""The Docker side as one object the service wires in (see server.app).
+
+It raises only its own errors (server.engine.errors) and returns the pool's
+InvocationResult; the API edge turns refusals into Appwrite errors."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import docker
 import requests
 
-from server.domain.errors import ApiError
-from server.domain.executions import Outcome, Runnable
 from server.domain.runtimes import Runtime, RuntimeCatalog
-from server.engine.builder import Builder, ContainerLimits
+from server.engine.builder import Builder
+from server.engine.drivers import DockerDriver
 from server.engine.images import RuntimeImages
-from server.engine.pool import ContainerPool, DeploymentTarget, PoolBusy, PoolClosed
+from server.engine.errors import EngineUnavailable
+from server.engine.pool import ContainerPool, DeploymentTarget, InvocationResult, PoolOptions
+from server.engine.sandbox import ContainerLimits
 from server.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
 RUNTIMES_DIR = REPO_ROOT / "runtimes"
-AVAILABILITY_REFRESH = 5.0  # seconds between checks of the runtime images
+AVAILABILITY_REFRESH = 5.0  # seconds between checks of the runtime images (a job, see server.app)
+
+if TYPE_CHECKING:  # the domain's run plan, read by attribute only
+    from server.domain.executions import Runnable
 
 
-class DockerUnavailable(RuntimeError):
-    pass
+class DockerUnavailable(EngineUnavailable):
+    """The Docker engine is unreachable."""
 
 
 @dataclass
@@ -58,14 +64,11 @@ class Engine:
         staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = cls(client=client, images=RuntimeImages(client, RUNTIMES_DIR, work_dir=work_dir),
                      offline_builder=None, online_builder=None, pool=None)
-        engine.pool = ContainerPool(
-            client, RUNTIMES_DIR, containers_dir, engine.image_id,
-            ContainerLimits(memory_mb=settings.memory_mb, cpus=settings.cpus, pids=settings.pids),
-            prewarm=settings.prewarm, max_per_deployment=settings.max_containers_per_function,
-            max_containers=settings.max_containers, keep_alive=settings.keep_alive, tmp_mb=settings.tmp_mb,
-            runtimes=runtimes, network=settings.execution_network, response_max_bytes=settings.response_max_bytes,
-            staging_dir=staging_dir,
-        )
+        driver = DockerDriver(client, RUNTIMES_DIR, containers_dir,
+                              limits=ContainerLimits(memory_mb=settings.memory_mb, cpus=settings.cpus, pids=settings.pids),
+                              tmp_mb=settings.tmp_mb, network=settings.execution_network)
+        engine.pool = ContainerPool(driver, engine.image_id,
+                                    PoolOptions.from_settings(settings, runtimes=tuple(runtimes), staging_dir=staging_dir))
         # Build containers carry the pool's labels: its sweep removes them after a crash, and at stop.
         labels = dict(owner=engine.pool.owner, work_dir=containers_dir, instance=engine.pool.instance, staging_dir=staging_dir)
         engine.offline_builder = Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout, network="none", **labels)
@@ -77,8 +80,8 @@ class Engine:
 
     def image_available(self, runtime: Runtime) -> bool:
         """Last known availability: no Docker call (this runs on every
-        execution, on the event loop). A background thread keeps it fresh;
-        a runtime never seen is checked once, here."""
+        execution, on the event loop). A periodic job keeps it fresh
+        (`refresh_availability`); a runtime never seen is checked once, here."""
         known = self._available.get(runtime.id)
         if known is None:
             known = self._available[runtime.id] = self.images is not None and self.images.available(runtime)
@@ -104,16 +107,18 @@ class Engine:
 
     # ---- executions -----------------------------------------------------------
 
-    def target(self, run: Runnable) -> DeploymentTarget:
+    def target(self, run: "Runnable") -> DeploymentTarget:
         """Blocking (the first call per runtime may build or inspect its image)."""
         return DeploymentTarget(
             project=run.function.project, deployment_id=run.deployment.uid, runtime=run.runtime,
             image=self.image_id(run.runtime), code_dir=run.code_dir, entrypoint=run.deployment.entrypoint,
         )
 
-    async def invoke(self, run: Runnable, payload: str, env: dict, timeout: float, on_start=None) -> Outcome:
+    async def invoke(self, run: "Runnable", payload: str, env: dict, timeout: float, on_start=None) -> InvocationResult:
+        """Run one execution in the pool. Raises EngineError subclasses when
+        it is refused before the function ran (no Docker, busy, stopping)."""
         if self.pool is None:
-            raise ApiError(503, "general_server_error", "The Docker engine is unreachable: functions cannot run.")
+            raise DockerUnavailable("the Docker engine is unreachable")
         cached = self._targets.get(run.deployment.uid)
         if cached is not None and cached[0] == run.build.uid:
             target = cached[1]
@@ -121,14 +126,7 @@ class Engine:
             loop = asyncio.get_running_loop()
             target = await loop.run_in_executor(None, self.target, run)
             self._targets[run.deployment.uid] = (run.build.uid, target)
-        try:
-            result = await self.pool.invoke(target, payload, env, {}, timeout, on_start=on_start)
-        except PoolBusy:
-            raise ApiError(429, "general_rate_limit_exceeded", "Too many executions of this function at once; retry later.") from None
-        except PoolClosed:
-            raise ApiError(503, "general_server_error", "The service is shutting down.") from None
-        return Outcome(status_code=result.status_code, body=result.body, logs=result.logs, errors=result.errors,
-                       error=result.error, duration=result.duration)
+        return await self.pool.invoke(target, payload, env, {}, timeout, on_start=on_start)
 
     def forget(self, project: str, deployment_id: str, loop: asyncio.AbstractEventLoop) -> None:
         """Remove a deleted deployment's containers (callable from any thread)."""
@@ -136,29 +134,29 @@ class Engine:
         if self.pool is not None:
             asyncio.run_coroutine_threadsafe(self.pool.forget(project, deployment_id), loop)
 
-    def warm(self, run: Runnable, loop: asyncio.AbstractEventLoop) -> None:
+    def warm(self, run: "Runnable", loop: asyncio.AbstractEventLoop) -> None:
         """Give an activated deployment a container ahead of its first execution (any thread)."""
         if self.pool is not None:
             target = self.target(run)
             self._targets[run.deployment.uid] = (run.build.uid, target)
             asyncio.run_coroutine_threadsafe(self.pool.warm(target), loop)
 
-    def prepare_images_in_background(self, catalog: RuntimeCatalog) -> threading.Thread | None:
-        """Build or pull missing runtime images; runtimes are listed as they become available."""
+    def prepare_images(self, catalog: RuntimeCatalog) -> None:
+        """Build or pull missing runtime images (blocking; a start-up job):
+        runtimes are listed as they become available."""
         if self.images is None:
-            return None
-        wanted = [r for r in catalog.configured()]
+            return
+        wanted = catalog.configured()
+        results = self.images.ensure_all(wanted, progress=lambda line: log.info(line))
+        for runtime_id, outcome in results.items():
+            if isinstance(outcome, Exception):
+                log.error("runtime disabled: its image is unavailable", extra={"runtime": runtime_id, "error": str(outcome)})
+        self.refresh_availability(catalog)
 
-        def prepare():
-            results = self.images.ensure_all(wanted, progress=lambda line: log.info(line))
-            for runtime_id, outcome in results.items():
-                if isinstance(outcome, Exception):
-                    log.error("runtime disabled: its image is unavailable", extra={"runtime": runtime_id, "error": str(outcome)})
-            while True:  # images may be removed or rebuilt from outside
-                for runtime in wanted:
-                    self._available[runtime.id] = self.images.available(runtime)
-                time.sleep(AVAILABILITY_REFRESH)
-
-        thread = threading.Thread(target=prepare, name="runtime-images", daemon=True)
-        thread.start()
-        return thread
+    def refresh_availability(self, catalog: RuntimeCatalog) -> None:
+        """Check the configured runtimes' images again (blocking; a periodic
+        job): images may be removed or rebuilt from outside."""
+        if self.images is None:
+            return
+        for runtime in catalog.configured():
+            self._available[runtime.id] = self.images.available(runtime)

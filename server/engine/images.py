@@ -130,6 +130,11 @@ class RuntimeImages:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._seen: dict[str, tuple[float, bool]] = {}
+        self._cancelled = threading.Event()  # the service is stopping: image builds end at once
+
+    def cancel(self) -> None:
+        """Kill running image builds (they fail with RuntimeImageError) and start no more."""
+        self._cancelled.set()
 
     # -- queries -------------------------------------------------------------
 
@@ -212,7 +217,8 @@ class RuntimeImages:
                     except BlockingIOError:
                         if time.monotonic() > deadline:
                             raise RuntimeImageError(f"another process has been building {image} for too long ({lock_path})") from None
-                        time.sleep(0.5)
+                        if self._cancelled.wait(0.5):
+                            raise RuntimeImageError("the image build was cancelled: the service is stopping") from None
                 try:
                     yield
                 finally:
@@ -239,7 +245,7 @@ class RuntimeImages:
             _remove_rootfs(stale, self._log)
         rootfs = Path(tempfile.mkdtemp(prefix=f"rootfs-{_slug(runtime.image)}@", dir=self._work_dir))
         try:
-            _bootstrap(recipe, rootfs, say, timeout=self._build_timeout)
+            _bootstrap(recipe, rootfs, say, timeout=self._build_timeout, cancelled=self._cancelled)
             _slim(rootfs, SLIM_GLOBS + recipe.remove)
             say.info("importing the root filesystem into Docker")
             image_id = _import(self._client, rootfs, runtime.image, _image_changes(recipe))
@@ -267,7 +273,7 @@ class _Reporter:
         self._progress(self._prefix + line)
 
 
-def _bootstrap(recipe: Recipe, rootfs: Path, say: _Reporter, timeout: float) -> None:
+def _bootstrap(recipe: Recipe, rootfs: Path, say: _Reporter, timeout: float, cancelled: threading.Event) -> None:
     """A minbase Debian in `rootfs` plus the recipe's packages.
 
     The packages are installed by apt inside the new system rather than by
@@ -279,7 +285,7 @@ def _bootstrap(recipe: Recipe, rootfs: Path, say: _Reporter, timeout: float) -> 
     if os.geteuid() != 0:
         raise RuntimeImageError("building runtime images needs root (debootstrap); build them once as root or point the runtime at another image")
     deadline = time.monotonic() + timeout
-    _run_streaming(["debootstrap", "--variant=minbase", recipe.suite, str(rootfs), recipe.mirror], say, deadline)
+    _run_streaming(["debootstrap", "--variant=minbase", recipe.suite, str(rootfs), recipe.mirror], say, deadline, cancelled)
     apt_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
     _run_streaming(
         ["chroot", str(rootfs), "apt-get", "install", "--yes", "--quiet", "--no-install-recommends",
@@ -287,12 +293,16 @@ def _bootstrap(recipe: Recipe, rootfs: Path, say: _Reporter, timeout: float) -> 
          "-o", "Dpkg::Options::=--force-unsafe-io",
          # Downloads as root: debootstrap leaves the archive dir unreadable for the _apt user.
          "-o", "APT::Sandbox::User=root", *recipe.packages],
-        say, deadline, env=apt_env,
+        say, deadline, cancelled, env=apt_env,
     )
 
 
-def _run_streaming(command: list[str], say: _Reporter, deadline: float, env: dict[str, str] | None = None) -> None:
-    """Run `command`, reporting each output line; kill it (and its children) at `deadline`."""
+def _run_streaming(command: list[str], say: _Reporter, deadline: float, cancelled: threading.Event,
+                   env: dict[str, str] | None = None) -> None:
+    """Run `command`, reporting each output line; kill it (and its children)
+    at `deadline`, or once `cancelled` is set."""
+    if cancelled.is_set():
+        raise RuntimeImageError("the image build was cancelled: the service is stopping")
     name = command[2] if command[0] == "chroot" else command[0]
     say.info(" ".join(command))
     # Own session, so the timeout kills the whole tree (dpkg, maintainer scripts).
@@ -300,16 +310,19 @@ def _run_streaming(command: list[str], say: _Reporter, deadline: float, env: dic
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         text=True, errors="replace", start_new_session=True, env=env,
     )
-    timed_out = threading.Event()
+    timed_out, finished = threading.Event(), threading.Event()
 
-    def kill() -> None:
-        timed_out.set()
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # finished at the last moment
+    def watch() -> None:
+        while not finished.wait(0.2):
+            if cancelled.is_set() or time.monotonic() >= deadline:
+                timed_out.set()
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # finished at the last moment
+                return
 
-    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), kill)
+    watchdog = threading.Thread(target=watch, name="image-build-watchdog", daemon=True)
     watchdog.start()
     tail: list[str] = []
     try:
@@ -319,8 +332,10 @@ def _run_streaming(command: list[str], say: _Reporter, deadline: float, env: dic
             say.line(line)
         returncode = process.wait()
     finally:
-        watchdog.cancel()
+        finished.set()
     last_output = "\n".join(tail)
+    if timed_out.is_set() and cancelled.is_set():
+        raise RuntimeImageError(f"{name} was killed: the service is stopping")
     if timed_out.is_set():
         raise RuntimeImageError(f"{name} did not finish within the image build timeout; last output:\n{last_output}")
     if returncode != 0:

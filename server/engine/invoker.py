@@ -12,7 +12,8 @@ RuntimeCompromised, and `at_eof()` turns True so an idle container is never
 reused. The connection is a small asyncio.Protocol, so unsolicited bytes are
 noticed the moment they arrive, not at the next request.
 
-The Docker side of runtime containers is server/engine/docker_runtimes.py.
+Where the socket is, and what runs the runtime server, is the drivers' part
+(server/engine/drivers/).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import json
 import os
 from dataclasses import dataclass
 
-SOCKET_NAME = "runtime.sock"
+from server.limits import OUTPUT_TAIL
 
 # What a function may answer (FUNCTIONS_RESPONSE_MAX_BYTES), in UTF-8 bytes of the body.
 DEFAULT_RESPONSE_MAX_BYTES = 1048576
 # logs, errors and error are at most this many characters each (runtimes cut them).
-OUTPUT_LIMIT = 16384
+OUTPUT_LIMIT = OUTPUT_TAIL
 
 
 def reply_limit(response_max_bytes: int) -> int:

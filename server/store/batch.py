@@ -4,16 +4,20 @@ SQLite serializes writers and its busy handler sleeps in steps of
 milliseconds, so concurrent commits from many threads queue up slowly. One
 writer thread takes every write waiting and runs them in a single
 transaction, each inside its own savepoint (a failing write rolls back alone).
+The writer is a background job (server.jobs): started first, stopped last,
+so every write submitted before the stop is committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable
 
+from server.jobs.base import Job
 from server.store.db import database
 
 log = logging.getLogger(__name__)
@@ -21,11 +25,13 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 
 
-class BatchWriter:
+class BatchWriter(Job):
+    name = "batch-writer"
+    runs_on = "thread"
+
     def __init__(self):
         self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     def submit(self, write: Callable[[], Any]) -> Future:
         """Run `write` (store work) in the next batch; the future holds its result."""
@@ -33,9 +39,17 @@ class BatchWriter:
         self._queue.put((write, future))
         return future
 
-    def stop(self, timeout: float = 5.0) -> None:
+    async def start(self) -> None:
+        self._thread.start()
+
+    async def stop(self, deadline: float) -> None:
+        """Commit what was submitted before, then end (by `deadline`)."""
         self._queue.put(None)
-        self._thread.join(timeout)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._thread.join, max(deadline - loop.time(), 0))
+
+    def alive(self) -> list[str]:
+        return [self.name] if self._thread.is_alive() else []
 
     def _run(self) -> None:
         stopping = False

@@ -12,6 +12,7 @@ import json
 import peewee as pw
 
 from server.store.db import database
+from server.store.lifecycles import BuildStatus, ExecutionStatus, StatusField
 
 
 class JSONField(pw.TextField):
@@ -30,6 +31,29 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
 
+class ProjectResource(BaseModel):
+    """A resource with a public `uid`, unique within its project. Every lookup
+    names the project: one project never reaches another's rows."""
+
+    @classmethod
+    def find(cls, project: str, uid: str, *where: pw.Expression):
+        """The row with this uid in `project` (narrowed by `where`), or None."""
+        return cls.get_or_none(cls._one(project, uid, where)) if uid else None
+
+    @classmethod
+    def seq_of(cls, project: str, uid: str, *where: pw.Expression) -> int | None:
+        """The row's `seq` (its place in lists, for cursors), or None."""
+        row = cls.select(cls.seq).where(cls._one(project, uid, where)).first() if uid else None
+        return row.seq if row else None
+
+    @classmethod
+    def _one(cls, project: str, uid: str, where) -> pw.Expression:
+        condition = (cls.project == project) & (cls.uid == uid)
+        for extra in where:
+            condition &= extra
+        return condition
+
+
 class SchemaVersion(BaseModel):
     id = pw.IntegerField(primary_key=True)
     version = pw.IntegerField()
@@ -45,14 +69,14 @@ class ApiKey(BaseModel):
     id = pw.AutoField()
     project = pw.ForeignKeyField(Project, on_delete="CASCADE", backref="keys")
     name = pw.CharField(max_length=128)
-    # sha256 of the secret. Secrets are 256-bit random values, so a fast hash
+    # sha256 of the secret. Secrets are 512-bit random values, so a fast hash
     # is enough: there is nothing to brute-force, and lookups stay O(1).
     secret_hash = pw.CharField(max_length=64, unique=True)
     scopes = JSONField()
     date_created = pw.IntegerField()
 
 
-class Function(BaseModel):
+class Function(ProjectResource):
     seq = pw.AutoField()
     project = pw.CharField(max_length=36)
     uid = pw.CharField(max_length=36)
@@ -74,7 +98,7 @@ class Function(BaseModel):
         indexes = ((("project", "uid"), True), (("project", "seq"), False))
 
 
-class Deployment(BaseModel):
+class Deployment(ProjectResource):
     seq = pw.AutoField()
     project = pw.CharField(max_length=36)
     uid = pw.CharField(max_length=36)
@@ -97,14 +121,13 @@ class Deployment(BaseModel):
         indexes = ((("project", "uid"), True), (("project", "function", "seq"), False))
 
 
-class Build(BaseModel):
+class Build(ProjectResource):
     seq = pw.AutoField()
     project = pw.CharField(max_length=36)
     uid = pw.CharField(max_length=36)
     deployment = pw.CharField(max_length=36)
     runtime = pw.CharField(max_length=64)
-    # processing -> building -> ready | failed
-    status = pw.CharField(max_length=16, default="processing")
+    status = StatusField(BuildStatus, default=BuildStatus.PROCESSING)  # see server.store.lifecycles
     stdout = pw.TextField(default="")
     stderr = pw.TextField(default="")
     output_path = pw.CharField(max_length=1024, default="")
@@ -117,7 +140,7 @@ class Build(BaseModel):
         indexes = ((("project", "uid"), True), (("status", "seq"), False))
 
 
-class Execution(BaseModel):
+class Execution(ProjectResource):
     seq = pw.AutoField()
     project = pw.CharField(max_length=36)
     uid = pw.CharField(max_length=36)
@@ -125,8 +148,7 @@ class Execution(BaseModel):
     deployment = pw.CharField(max_length=36, default="")
     read = JSONField()
     trigger = pw.CharField(max_length=16, default="http")
-    # waiting -> processing -> completed | failed
-    status = pw.CharField(max_length=16, default="waiting")
+    status = StatusField(ExecutionStatus, default=ExecutionStatus.WAITING)  # see server.store.lifecycles
     # Unix ms when the function was handed its request (0: not yet). After a
     # crash a `processing` execution that never started is queued again; one
     # that started ends failed. Sync executions count as started when recorded.
@@ -147,6 +169,17 @@ class Execution(BaseModel):
             (("project", "function", "seq"), False),
             (("status", "seq"), False),
         )
+
+    @classmethod
+    def waiting_in(cls, project: str) -> int:
+        """How many of the project's executions wait in the async queue."""
+        return cls.select().where((cls.project == project) & (cls.status == ExecutionStatus.WAITING)).count()
+
+    @classmethod
+    def oldest_waiting(cls, limit: int) -> list[int]:
+        """`seq` of the oldest waiting executions, all projects (the queue's sweep)."""
+        query = cls.select(cls.seq).where(cls.status == ExecutionStatus.WAITING).order_by(cls.seq).limit(limit)
+        return [row.seq for row in query]
 
 
 class SearchToken(BaseModel):
