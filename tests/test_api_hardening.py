@@ -11,7 +11,7 @@ import requests
 
 from codepkg import PY_HELLO, targz
 from harness import error_of
-from test_deployments import CHUNK, big_archive, deployment_status, new_function, upload, wait_build
+from restkit import CHUNK, big_archive, new_function, upload, wait_build
 
 
 @pytest.mark.parametrize("size", [9_000, 12_000, 30_000, 50_000])

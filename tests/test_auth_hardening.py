@@ -13,13 +13,12 @@ import pytest
 import requests
 
 from harness import error_of
-from test_execution_permissions import CODE, GUEST, jwt_for
-from test_executions import deploy, execute
+from restkit import GUEST, PY_USER_ECHO, deploy, execute, jwt_for
 
 
 @pytest.fixture(scope="module")
 def open_function(service):
-    return deploy(service, f"jwtfn{uuid.uuid4().hex[:6]}", CODE, execute=["role:all"])
+    return deploy(service, f"jwtfn{uuid.uuid4().hex[:6]}", PY_USER_ECHO, execute=["role:all"])
 
 
 def _as(service, token, project="default"):
@@ -80,7 +79,7 @@ def test_forwarded_for_cannot_be_spoofed(fresh_service):
 
     address = f"127.0.0.1:{_free_port()}"
     svc = fresh_service(FUNCTIONS_EXECUTION_RATE_LIMIT="3", FUNCTIONS_GRPC_ADDRESS=address)
-    fid = deploy(svc, "spoof", CODE, execute=["role:all"])
+    fid = deploy(svc, "spoof", PY_USER_ECHO, execute=["role:all"])
     spoofed = [execute(svc, fid, headers={**GUEST, "X-Forwarded-For": f"10.9.9.{i}", "X-Envoy-External-Address": f"10.8.8.{i}",
                                           "X-Functions-Gateway": "guess"}).status_code for i in range(4)]
     assert spoofed == [201, 201, 201, 429]

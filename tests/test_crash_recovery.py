@@ -14,8 +14,18 @@ import requests
 
 from codepkg import PY_HELLO, targz
 from harness import poll
-from test_deployments import deployment_status, new_function, upload, wait_build
-from test_executions import PY_SLEEP, deploy, execute, execution_status, wait_execution, wait_processing
+from restkit import (
+    PY_SLEEP,
+    deploy,
+    deployment_status,
+    execute,
+    execution_status,
+    new_function,
+    upload,
+    wait_build,
+    wait_execution,
+    wait_processing,
+)
 
 
 def kill_server(svc) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
-import threading
 import time
 
 import pytest
@@ -14,31 +12,7 @@ import requests
 
 from codepkg import NODE_HELLO, PY_HELLO, targz, targz_members, wheel
 from harness import error_of, poll
-
-CHUNK = 5 * 1024 * 1024
-
-
-def new_function(service, fid, runtime="python-3.11", project="default", key=None):
-    r = requests.post(f"{service.url}/functions", headers=service.headers(project, key),
-                      json={"functionId": fid, "name": fid, "runtime": runtime, "execute": ["role:all"]})
-    assert r.status_code == 201, r.text
-    return fid
-
-
-def upload(service, fid, archive: bytes, entrypoint="main.py", activate="true", headers=None, filename="code.tar.gz",
-           order=("entrypoint", "activate", "code")):
-    """Multipart like the Python SDK (fields before the file, Content-Length) unless `order` says otherwise."""
-    fields = {"entrypoint": (None, entrypoint), "activate": (None, activate), "code": (filename, archive)}
-    files = [(name, fields[name]) for name in order if fields[name][1] is not None]
-    return requests.post(f"{service.url}/functions/{fid}/deployments", headers={**service.headers(), **(headers or {})}, files=files)
-
-
-def deployment_status(service, fid, did):
-    return requests.get(f"{service.url}/functions/{fid}/deployments/{did}", headers=service.headers()).json()
-
-
-def wait_build(service, fid, did, timeout=120):
-    return poll(lambda: deployment_status(service, fid, did), lambda d: d["status"] in ("ready", "failed"), timeout, 0.1)
+from restkit import CHUNK, big_archive, deployment_status, new_function, upload, wait_build
 
 
 def leftovers(service, project="default"):
@@ -280,10 +254,6 @@ def chunked_upload(service, fid, data: bytes, order=None, resend=(), activate="t
         upload_id = r.json()["$id"]
         responses.append(r.json())
     return responses
-
-
-def big_archive(extra_bytes: int) -> bytes:
-    return targz({"main.py": PY_HELLO, "blob.bin": os.urandom(extra_bytes)})
 
 
 def test_chunked_upload_like_the_python_sdk(service, unique_id):

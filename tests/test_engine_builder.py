@@ -20,7 +20,7 @@ from server.engine.builder import OUTPUT_TAIL_CHARS
 from server.engine.sandbox import CODE_MOUNT
 
 # Session fixtures shared with the image tests (the images are built once).
-from test_engine_images import RUNTIMES_DIR, built_images, catalog, docker_client, runtime_images  # noqa: F401
+from imagekit import RUNTIMES_DIR, built_images, catalog, docker_client, runtime_images  # noqa: F401  (fixtures)
 
 
 def make_archive(path: Path, files: dict[str, str | bytes], prefix: str = "") -> Path:

@@ -9,43 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
-import docker
 import pytest
 
-from server.domain.runtimes import Runtime, load_catalog
+from imagekit import RUNTIMES_DIR, built_images, catalog, docker_client, runtime_images  # noqa: F401  (fixtures)
 from server.engine import RuntimeImageError, RuntimeImages
 from server.engine.images import RECIPE_HASH_LABEL
-
-REPO = Path(__file__).resolve().parent.parent
-RUNTIMES_DIR = REPO / "runtimes"
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> docker.DockerClient:
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def catalog() -> dict[str, Runtime]:
-    return {r.id: r for r in load_catalog(RUNTIMES_DIR / "catalog.toml")}
-
-
-@pytest.fixture(scope="session")
-def runtime_images(docker_client) -> RuntimeImages:
-    return RuntimeImages(docker_client, RUNTIMES_DIR)
-
-
-@pytest.fixture(scope="session")
-def built_images(runtime_images, catalog) -> dict[str, str]:
-    """Both catalog images, built (or found) once per session: runtime ID → image ID."""
-    results = runtime_images.ensure_all(catalog.values(), progress=lambda line: None)
-    failed = {k: v for k, v in results.items() if isinstance(v, Exception)}
-    assert not failed, failed
-    return results
 
 
 @pytest.mark.parametrize("runtime_id", ["python-3.11", "node-18.0"])

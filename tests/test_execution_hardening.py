@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from test_executions import deploy, execute
+from restkit import deploy, execute
 
 PY_BIG = "def main(req, res):\n    return res.send('x' * int(req.payload))\n"
 NODE_BIG = "module.exports = async (req, res) => { res.send('x'.repeat(Number(req.payload))); };\n"

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 import requests
 
 from harness import error_of
-from test_executions import deploy, execute
-
-CODE = {"main.py": "def main(req, res):\n    return res.json({'user': req.env['APPWRITE_FUNCTION_USER_ID']})\n"}
-
-
-def jwt_for(service, user, teams=(), expires_in=600, secret=None, project="default", **claims):
-    from server.domain import jwt
-
-    secret = secret or (service.data_dir / "jwt-secret").read_text().strip()
-    body = {"projectId": project, "userId": user, "teams": list(teams), "exp": int(time.time()) + expires_in, **claims}
-    return jwt.encode(body, secret)
+from restkit import GUEST, PY_USER_ECHO, deploy, execute, jwt_for
 
 
 def as_user(service, user, teams=()):
     return {"X-Appwrite-Project": "default", "X-Appwrite-JWT": jwt_for(service, user, teams)}
-
-
-GUEST = {"X-Appwrite-Project": "default"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +23,7 @@ def functions(service):
         "all": ["role:all"], "guest": ["role:guest"], "member": ["role:member"], "user": ["user:alice"],
         "team": ["team:blue"], "teamrole": ["team:blue/admin"], "none": [],
     }.items():
-        made[name] = deploy(service, f"perm{name}{uuid.uuid4().hex[:6]}", CODE, execute=execute_list)
+        made[name] = deploy(service, f"perm{name}{uuid.uuid4().hex[:6]}", PY_USER_ECHO, execute=execute_list)
     return made
 
 
@@ -115,7 +101,7 @@ def test_another_tenant_cannot_read_or_run(service, functions):
 
 def test_anonymous_callers_are_rate_limited(fresh_service):
     svc = fresh_service(FUNCTIONS_EXECUTION_RATE_LIMIT="3")
-    fid = deploy(svc, "limited", CODE)
+    fid = deploy(svc, "limited", PY_USER_ECHO)
     codes = [execute(svc, fid, headers=GUEST).status_code for _ in range(4)]
     assert codes == [201, 201, 201, 429]
     assert execute(svc, fid).status_code == 201  # API keys are exempt

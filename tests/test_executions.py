@@ -9,9 +9,8 @@ import time
 import pytest
 import requests
 
-from codepkg import targz
-from harness import error_of, poll
-from test_deployments import new_function, upload, wait_build
+from harness import error_of
+from restkit import PY_SLEEP, deploy, execute, new_function, wait_execution, wait_processing
 
 PY_ECHO = """
 import os, sys
@@ -22,7 +21,6 @@ def main(req, res):
                      "osenv": os.environ.get("GREETING", "")})
 """
 PY_FAIL = "def main(req, res):\n    raise ValueError('boom from user code')\n"
-PY_SLEEP = "import time\ndef main(req, res):\n    if req.payload == 'sleep':\n        time.sleep(30)\n    return res.send('awake')\n"
 PY_HOG = "def main(req, res):\n    if req.payload == 'hog':\n        b = []\n        while True:\n            b.append(bytearray(16 << 20))\n    return res.send('fine')\n"
 PY_STATUS = "def main(req, res):\n    return res.send('teapot', 418)\n"
 NODE_ECHO = """
@@ -32,37 +30,6 @@ module.exports = async (req, res) => {
   res.json({payload: req.payload, env: req.env});
 };
 """
-
-
-def deploy(service, fid, files, entrypoint="main.py", runtime="python-3.11", vars=None, timeout=None, execute=("role:all",)):
-    body = {"functionId": fid, "name": fid, "runtime": runtime, "execute": list(execute), "vars": vars or {}}
-    if timeout:
-        body["timeout"] = timeout
-    r = requests.post(f"{service.url}/functions", headers=service.headers(), json=body)
-    assert r.status_code == 201, r.text
-    dep = upload(service, fid, targz(files), entrypoint=entrypoint).json()
-    final, _ = wait_build(service, fid, dep["$id"])
-    assert final["status"] == "ready", final["buildStderr"]
-    return fid
-
-
-def execute(service, fid, data=None, is_async=False, headers=None):
-    body = {"async": is_async}
-    if data is not None:
-        body["data"] = data
-    return requests.post(f"{service.url}/functions/{fid}/executions", json=body, headers=headers or service.headers())
-
-
-def execution_status(service, fid, eid):
-    return requests.get(f"{service.url}/functions/{fid}/executions/{eid}", headers=service.headers()).json()
-
-
-def wait_execution(service, fid, eid, timeout=60):
-    return poll(lambda: execution_status(service, fid, eid), lambda e: e["status"] in ("completed", "failed"), timeout)
-
-
-def wait_processing(service, fid, eid):
-    poll(lambda: execution_status(service, fid, eid), lambda e: e["status"] == "processing", 30)
 
 
 @pytest.fixture(scope="module")

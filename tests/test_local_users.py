@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 
-from test_executions import PY_SLEEP, deploy, execute
+from restkit import PY_SLEEP, deploy, execute
+
 
 PROBE = r"""
 import glob, json, os, socket, sys

@@ -15,7 +15,7 @@ import time
 import docker
 import pytest
 
-from test_engine_pool import docker_pool, env  # noqa: F401  (the `env` fixture)
+from dockerkit import docker_pool, env  # noqa: F401  (`env` is a fixture)
 
 PY_APP = r'''
 import os, subprocess, threading, time

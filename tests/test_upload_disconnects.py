@@ -11,7 +11,7 @@ import time
 import requests
 
 from harness import poll
-from test_deployments import new_function
+from restkit import new_function
 
 BOUNDARY = "----functionsboundary"
 
