@@ -39,6 +39,7 @@ class Jobs:
                 raise
             self._started.append(job)
             log.debug("job started", extra={"job": job.name, "runs_on": job.runs_on})
+        log.info("background jobs started", extra={"jobs": ", ".join(job.name for job in self._started)})
 
     async def stop(self, timeout: float = 30.0) -> list[str]:
         """Signal every started job, then stop them in reverse order by one
