@@ -28,6 +28,9 @@ from server.api.executions import ExecutionServicer
 from server.api.functions import FunctionServicer
 from server.api.runtimes import RuntimeServicer
 from server.api.services import add_service
+from server import logs
+from server.cluster.identity import ReplicaIdentity, hold_slot, host_id
+from server.cluster.membership import Membership
 from server.domain import auth
 from server.domain.builds import BuildQueue
 from server.domain.deployments import DeploymentRules
@@ -44,8 +47,10 @@ from server.engine.engine import AVAILABILITY_REFRESH
 from server.engine.invoker import reply_limit
 from server.settings import Settings
 from server.store import close_database, open_database
+from server.store.db import exclusive_transaction
 from server.jobs import Jobs, OneShot, Periodic, QueueWorkers, Resource
 from server.store.batch import BatchWriter
+from server.store.generation import GenerationWatch
 
 log = logging.getLogger(__name__)
 
@@ -91,26 +96,30 @@ def secure_data_dir(settings: Settings) -> None:
                 os.chmod(candidate, 0o600)
 
 
-def build_components(settings: Settings) -> Components:
+def build_components(settings: Settings, replica: str = "", replica_index: int = 0) -> Components:
+    """`replica`: this replica's id (the owner of the work it claims)."""
+    if settings.storage not in ("local", "database"):
+        raise SystemExit(f"FUNCTIONS_STORAGE={settings.storage!r}: `local` or `database`")
     secure_data_dir(settings)
     open_database(settings.database_url, settings.sqlite_path)
     runtimes = load_catalog(settings.runtime_catalog, settings.image_overrides)
     configured = RuntimeCatalog(runtimes, allowed=settings.runtimes).configured()
-    engine = Engine.connect(settings, configured)
+    engine = Engine.connect(settings, configured, replica_index)
     catalog = RuntimeCatalog(runtimes, allowed=settings.runtimes, is_available=engine.image_available)
-    packages = PackageStore(settings.data_dir.resolve())
+    packages = PackageStore(settings.data_dir.resolve(), shared=settings.storage == "database")
     functions = FunctionRules(catalog=catalog, max_timeout=settings.max_timeout, vars_max_bytes=settings.vars_max_bytes)
     quota = StorageQuota(project_bytes=settings.project_storage_mb * MB, pending_uploads=settings.max_pending_uploads,
                          pending_upload_bytes=settings.pending_upload_mb * MB)
     builds = BuildQueue(catalog=catalog, packages=packages, offline=engine.offline_builder, online=engine.online_builder,
                         ensure_image=engine.ensure_image, quota=quota, uncompressed_limit=settings.code_uncompressed_limit,
-                        workers_count=settings.build_workers)
+                        workers_count=settings.build_workers, replica=replica)
     deployments = DeploymentRules(
         functions=functions, packages=packages, code_size_limit=settings.code_size_limit,
         uncompressed_limit=settings.code_uncompressed_limit, build_queued=builds.enqueue, quota=quota,
     )
     executions = ExecutionRules(functions=functions, catalog=catalog,
-                                limiter=RateLimiter(settings.execution_rate_limit), max_waiting=settings.max_waiting)
+                                limiter=RateLimiter(settings.execution_rate_limit), max_waiting=settings.max_waiting,
+                                replica=replica, packages=packages)
     ensure_bootstrap_key(settings)
     return Components(settings=settings, engine=engine, catalog=catalog, functions=functions,
                       deployments=deployments, builds=builds, executions=executions)
@@ -150,12 +159,18 @@ def jwt_secret(settings: Settings) -> str:
 
 
 def _write_private(path, text: str) -> None:
-    """Write a secret file atomically, readable by its owner only."""
-    tmp = path.with_suffix(".tmp")
+    """Write a secret file atomically, readable by its owner only. Replicas
+    start at once: the first one to write wins, the others keep its file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text + "\n")
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)  # never replaces: a secret another replica already uses stays
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
 
 
 def ensure_bootstrap_key(settings: Settings) -> None:
@@ -164,12 +179,15 @@ def ensure_bootstrap_key(settings: Settings) -> None:
     auth.create_project(BOOTSTRAP_PROJECT, "Default project")
     if path.exists():
         return
-    _write_private(path, auth.create_key(BOOTSTRAP_PROJECT, "bootstrap"))
+    with exclusive_transaction():  # one replica makes the key
+        if path.exists():
+            return
+        _write_private(path, auth.create_key(BOOTSTRAP_PROJECT, "bootstrap"))
     log.info("bootstrap API key written", extra={"path": str(path.resolve()), "project": BOOTSTRAP_PROJECT})
 
 
 def create_server(components: Components, blocking: Blocking, runner: ExecutionRunner,
-                  gateway_secret: str = "") -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+                  gateway_secret: str = "", address: str = "") -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     settings = components.settings
     server = grpc.aio.server(
         options=[
@@ -198,7 +216,7 @@ def create_server(components: Components, blocking: Blocking, runner: ExecutionR
         reflection.enable_server_reflection(
             SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
         )
-    address = settings.grpc_address
+    address = address or settings.grpc_address
     if address.startswith("unix:"):
         socket_path = address[len("unix:"):]
         if os.path.exists(socket_path):
@@ -207,11 +225,22 @@ def create_server(components: Components, blocking: Blocking, runner: ExecutionR
     return server, health_servicer
 
 
-def background_jobs(components: Components, runner: ExecutionRunner, writer: BatchWriter, blocking: Blocking) -> Jobs:
+def background_jobs(components: Components, runner: ExecutionRunner, writer: BatchWriter, blocking: Blocking,
+                    identity: ReplicaIdentity) -> Jobs:
     """Every background loop of the service, in start-up order (stopped in reverse)."""
     settings, engine, catalog = components.settings, components.engine, components.catalog
     pool = engine.pool
-    jobs = Jobs(writer, OneShot("build-recovery", components.builds.requeue_interrupted, blocking=blocking))
+
+    def take_over(dead: str) -> dict:
+        requeued, failed = ExecutionRules.recover(dead)
+        return {"executions_requeued": requeued, "executions_failed": failed, "builds_requeued": BuildQueue.requeue_of(dead)}
+
+    membership = Membership(identity, settings.lease_seconds, blocking, take_over,
+                            pool_owner=pool.owner if pool is not None else "",
+                            work_dir_of=lambda index: Engine.containers_dir(settings, index),
+                            sweep=pool.sweep_dead if pool is not None else None)
+    jobs = Jobs(writer, GenerationWatch(), membership,
+                OneShot("build-recovery", components.builds.requeue_interrupted, blocking=blocking))
     if pool is not None:
         jobs.add(Resource("container-pool", lambda: pool.start(wait=False), pool.stop))
     jobs.add(components.builds.workers)
@@ -225,6 +254,8 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
     jobs.add(Periodic("execution-sweep", EXECUTION_SWEEP_INTERVAL, runner.queue_waiting, first=0))
     jobs.add(QueueWorkers("execution-workers", settings.async_workers, runner.next_queued, runner.run_queued))
 
+    jobs.add(Periodic("rate-windows", 60.0, components.executions.limiter.sweep, blocking=blocking))
+
     def remove_stale_uploads() -> None:
         removed = components.deployments.discard_stale_uploads(settings.upload_ttl)
         if removed:
@@ -236,14 +267,19 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
-                gateway_secret: str = "") -> None:
-    """Run the gRPC server until `stop` is set or SIGTERM/SIGINT arrives.
-    Requests carrying `gateway_secret` come from our Envoy (see auth.client_address)."""
+                gateway_secret: str = "", replica: int = 0) -> None:
+    """Run replica `replica` of this host (its gRPC server and background
+    jobs) until `stop` is set or SIGTERM/SIGINT arrives. Requests carrying
+    `gateway_secret` come from our Envoy (see auth.client_address)."""
     # Work hops between the event loop and a few threads (store, Docker); a
     # thread waiting for the GIL would otherwise wait up to 5 ms per hop.
     sys.setswitchinterval(0.0002)
+    secure_data_dir(settings)
+    slot = hold_slot(settings.data_dir, replica)
+    identity = ReplicaIdentity(replica, host_id(settings.data_dir), settings.replica_address(replica))
+    logs.tag_replica(identity.id)
     blocking = Blocking(settings.blocking_threads)
-    components = await blocking(build_components, settings)
+    components = await blocking(build_components, settings, identity.id, replica)
     loop = asyncio.get_running_loop()
     connect_engine_hooks(components, loop)
     writer = BatchWriter()
@@ -252,14 +288,14 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
         # Shielded: a caller that hangs up must not cancel a write of work already done.
         return await asyncio.shield(asyncio.wrap_future(writer.submit(fn)))
 
-    runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, write)
-    server, health_servicer = create_server(components, blocking, runner, gateway_secret)
-    jobs = background_jobs(components, runner, writer, blocking)
+    runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, write, settings.async_workers)
+    server, health_servicer = create_server(components, blocking, runner, gateway_secret, identity.address)
+    jobs = background_jobs(components, runner, writer, blocking, identity)
     await jobs.start()
     await server.start()
     for name in [""] + SERVICE_NAMES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gRPC server listening", extra={"address": settings.grpc_address})
+    log.info("gRPC server listening", extra={"address": identity.address})
     stop = stop or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -275,4 +311,5 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
     await jobs.stop(timeout=STOP_TIMEOUT)
     blocking.shutdown()
     close_database()
+    os.close(slot)
     log.info("stopped")

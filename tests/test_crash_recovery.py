@@ -79,13 +79,14 @@ def test_kill_during_a_build_sweeps_its_container_and_rebuilds(fresh_service, un
     files = {"main.py": PY_HELLO, **{f"lib/m{i}.py": f"X = {i}\n" for i in range(5_000)}}
     dep = upload(svc, fid, targz(files)).json()
     client = docker.from_env()
-    work_dir = str(svc.data_dir.resolve() / "c")
+    containers_dir = str(svc.data_dir.resolve() / "c")  # each replica's pool works in c/<replica>
 
     def build_containers():
         # The low-level list: the high-level one inspects every container and
         # fails when one of another test vanishes meanwhile.
         found = client.api.containers(all=True, filters={"label": "functions.role=build"})
-        return [c["Id"] for c in found if (c.get("Labels") or {}).get("functions.work-dir") == work_dir]
+        return [c["Id"] for c in found
+                if os.path.dirname((c.get("Labels") or {}).get("functions.work-dir", "")) == containers_dir]
 
     poll(build_containers, lambda found: len(found) == 1, timeout=60)
     assert deployment_status(svc, fid, dep["$id"])["status"] == "building"

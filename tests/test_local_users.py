@@ -58,7 +58,7 @@ def test_an_unprivileged_local_user_reaches_nothing(fresh_service, unique_id):
     fid = deploy(svc, unique_id(), {"main.py": PY_SLEEP})
     assert execute(svc, fid, data="x").json()["status"] == "completed"  # a warm container with a live socket
     data = svc.data_dir.resolve()
-    sockets = [str(p) for p in data.glob("c/*/sock/runtime.sock")]
+    sockets = [str(p) for p in data.glob("c/*/*/sock/runtime.sock")]  # c/<replica>/<container>/
     assert sockets, "no runtime socket found"
     for path in sockets:
         mode = os.stat(path).st_mode

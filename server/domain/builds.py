@@ -21,14 +21,14 @@ from typing import Callable, Protocol
 
 import peewee as pw
 
-from server.domain import changes
 from server.domain.packages import PackageStore, normalize_member
 from server.domain.quotas import StorageQuota, tree_size
 from server.domain.runtimes import Runtime, RuntimeCatalog
 from server.engine.errors import BuildInterrupted
 from server.jobs import ThreadWorkers
 from server.limits import OUTPUT_TAIL
-from server.store.db import database
+from server.store import generation
+from server.store.db import database, skip_locked
 from server.store.lifecycles import BuildStatus, transition
 from server.store.models import Build, Deployment, Function
 
@@ -67,6 +67,7 @@ class BuildQueue:
     quota: StorageQuota
     uncompressed_limit: int
     workers_count: int = 1
+    replica: str = ""  # this replica's id: the owner of the builds it runs
     on_ready: list[Callable[[Build, Deployment, Function], None]] = field(default_factory=list)
 
     def __post_init__(self):
@@ -77,11 +78,17 @@ class BuildQueue:
                                      on_signal=(self._stopping.set, *interrupts))
 
     def requeue_interrupted(self) -> None:
-        """At start-up: builds a stop left `building` are queued again."""
-        requeued = transition(Build, BuildStatus.BUILDING, BuildStatus.PROCESSING,
-                              stdout="", stderr="Build restarted: the service stopped while it ran.\n").execute()
+        """At start-up: builds this replica's previous run (or a service of
+        before replicas) left `building` are queued again."""
+        requeued = sum(self.requeue_of(owner) for owner in {self.replica, ""})
         if requeued:
             log.warning("builds interrupted by a restart queued again", extra={"count": requeued})
+
+    @staticmethod
+    def requeue_of(owner: str) -> int:
+        """The builds a stopped replica (`owner`) was running, queued again."""
+        return transition(Build, BuildStatus.BUILDING, BuildStatus.PROCESSING, Build.owner == owner, owner="",
+                          stdout="", stderr="Build restarted: the service stopped while it ran.\n").execute()
 
     def enqueue(self) -> None:
         """A build was queued (status `processing`): wake a worker."""
@@ -92,9 +99,9 @@ class BuildQueue:
         read-then-write transaction would have to upgrade its SQLite lock,
         which fails at once ("database is locked") when another writer
         committed in between, without waiting for the busy timeout."""
-        oldest = Build.select(Build.seq).where(Build.status == BuildStatus.PROCESSING).order_by(Build.seq).limit(1)
+        oldest = skip_locked(Build.select(Build.seq).where(Build.status == BuildStatus.PROCESSING).order_by(Build.seq).limit(1))
         rows = list(transition(Build, BuildStatus.PROCESSING, BuildStatus.BUILDING, Build.seq == oldest,
-                               start_time=int(time.time())).returning(Build.seq).execute())
+                               start_time=int(time.time()), owner=self.replica).returning(Build.seq).execute())
         return Build.get_by_id(rows[0].seq) if rows else None
 
     def _claim_with_retry(self) -> Build | None:
@@ -115,7 +122,8 @@ class BuildQueue:
         except Exception as error:  # a broken build must not stop the worker
             if isinstance(error, BuildInterrupted) or self._stopping.is_set():
                 # Its container went away, or the stop cut it off (e.g. cancelled its image build): not its fault.
-                transition(Build, BuildStatus.BUILDING, BuildStatus.PROCESSING, Build.seq == build.seq, start_time=0).execute()
+                transition(Build, BuildStatus.BUILDING, BuildStatus.PROCESSING, Build.seq == build.seq,
+                           Build.owner == self.replica, start_time=0, owner="").execute()
                 log.info("build interrupted; queued again", extra={"build": build.uid, "reason": str(error)})
                 return
             log.exception("build crashed", extra={"build": build.uid})
@@ -139,8 +147,9 @@ class BuildQueue:
         log.info("build started", extra={"build": build.uid, "deployment": dep.uid, "runtime": runtime.id})
         image = self.ensure_image(runtime)
         output = self.packages.build_dir(build.project, build.uid)
-        runner = self.online if declares_dependencies(Path(dep.path)) else self.offline
-        result = runner.build(runtime, image, Path(dep.path), dep.entrypoint, output, dict(fn.vars))
+        package = self.packages.local_package(build.project, dep.uid)
+        runner = self.online if declares_dependencies(package) else self.offline
+        result = runner.build(runtime, image, package, dep.entrypoint, output, dict(fn.vars))
         if not result.ok and self._stopping.is_set():
             raise BuildInterrupted("the service stopped during the build")
         ok, stderr, output_bytes = result.ok, result.stderr, 0
@@ -150,6 +159,8 @@ class BuildQueue:
             if problem is not None:
                 shutil.rmtree(output, ignore_errors=True)
                 ok, stderr, output_bytes = False, f"{stderr}{problem}\n", 0
+            else:
+                self.packages.share_build(build.project, build.uid)
         self._finish(build, ok=ok, stdout=result.stdout, stderr=stderr, duration=result.duration,
                      output=str(output) if ok else "", output_bytes=output_bytes)
 
@@ -159,6 +170,7 @@ class BuildQueue:
         with database.atomic():
             updated = transition(
                 Build, BuildStatus.BUILDING, BuildStatus.READY if ok else BuildStatus.FAILED, Build.seq == build.seq,
+                Build.owner == self.replica,
                 stdout=stdout[-OUTPUT_TAIL:], stderr=stderr[-OUTPUT_TAIL:], output_path=output, output_bytes=output_bytes,
                 end_time=now, duration=int(round(duration)),
             ).execute()
@@ -169,7 +181,7 @@ class BuildQueue:
             if ok and dep is not None and fn is not None and dep.activate:
                 fn.deployment = dep.uid
                 fn.save()
-        changes.bump()
+        generation.bump()
         log.info("build finished", extra={"build": build.uid, "status": build.status.value})
         if ok and dep is not None and fn is not None:
             for hook in self.on_ready:

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from server.domain import changes, validation as v
+import peewee as pw
+
+from server.domain import validation as v
 from server.domain.errors import (
     ApiError,
     bad_request,
@@ -36,8 +38,8 @@ from server.domain.listing import page_request
 from server.domain.packages import PackageStore, check_archive
 from server.domain.quotas import StorageQuota
 from server.domain.uploads import ContentRange, FileSink, UploadReader, parse_bool
-from server.store import counts, search
-from server.store.db import database
+from server.store import counts, generation, search
+from server.store.db import database, exclusive_transaction
 from server.store.lifecycles import BuildStatus, transition
 from server.store.models import Build, Deployment, Function
 from server.store.paging import Page, find_page
@@ -55,18 +57,6 @@ def _merge(ranges: list[list[int]], start: int, end: int) -> list[list[int]]:
     return merged
 
 
-class _KeyedLocks:
-    """One lock per deployment ID: chunks of one upload update its row in turn."""
-
-    def __init__(self):
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-
-    def __call__(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-
 @dataclass
 class DeploymentRules:
     functions: FunctionRules
@@ -77,9 +67,6 @@ class DeploymentRules:
     quota: StorageQuota
     on_delete: list[Callable[[Deployment], None]] = field(default_factory=list)
     on_activate: list[Callable[[Function], None]] = field(default_factory=list)
-
-    def __post_init__(self):
-        self._locks = _KeyedLocks()
 
     # ---- reading ----------------------------------------------------------
 
@@ -166,38 +153,55 @@ class DeploymentRules:
         return self._record_chunk(upload, entrypoint, activate)
 
     def _record_chunk(self, upload: "Upload", entrypoint: str, activate: bool) -> Deployment:
+        """Merge the chunk into the upload's row under a row lock, so chunks
+        may arrive at any replica at once; the one chunk that completes the
+        byte ranges assembles the archive, exactly once."""
+        dep, completed = self._merge_chunk(upload, entrypoint, activate)
+        if not completed:
+            return dep
+        try:
+            return self._complete(upload, upload.path, dep.entrypoint, dep.activate, upload.chunk.size,
+                                  _sha256_of(upload.path), chunks=(dep.chunks_total, dep.chunks_uploaded))
+        except ApiError:
+            self._discard(dep)
+            raise
+
+    def _merge_chunk(self, upload: "Upload", entrypoint: str, activate: bool) -> tuple[Deployment, bool]:
+        """(the row, whether this chunk completed it). One short write
+        transaction: the part file holds the bytes already."""
         chunk = upload.chunk
-        with self._locks(upload.deployment_id):
-            dep = Deployment.find(upload.fn.project, upload.deployment_id)
-            if dep is None:
-                if upload.existing is not None:  # deleted while this chunk was in flight
-                    raise deployment_not_found()
-                with database.atomic():
-                    dep = Deployment.create(
-                        project=upload.fn.project, uid=upload.deployment_id, function=upload.fn.uid, entrypoint=entrypoint,
-                        size=chunk.size, activate=activate, chunks_total=-(-chunk.size // chunk.length) if chunk.end < chunk.size else 1,
-                        chunks_uploaded=0, received=[], date_created=int(time.time()),
-                    )
-                    _index(dep)
-                    counts.adjust(SEARCH_KIND, dep.project, dep.function, 1)
-            if chunk.end < chunk.size:  # non-last chunks tell the chunk size
-                dep.chunks_total = -(-chunk.size // chunk.length)
-            before = sum(hi - lo for lo, hi in dep.received)
-            dep.received = _merge(dep.received, chunk.start, chunk.end)
-            if sum(hi - lo for lo, hi in dep.received) > before:
-                dep.chunks_uploaded += 1
-            complete = dep.received == [[0, chunk.size]]
-            if not complete:
-                dep.save()
-                return dep
-            dep.chunks_uploaded = dep.chunks_total = max(dep.chunks_total, dep.chunks_uploaded)
-            dep.save()
+        for attempt in range(2):  # two first chunks racing to create the row: the loser merges into it
             try:
-                return self._complete(upload, upload.path, dep.entrypoint, dep.activate, chunk.size,
-                                      _sha256_of(upload.path), chunks=(dep.chunks_total, dep.chunks_uploaded))
-            except ApiError:
-                self._discard(dep)
-                raise
+                with exclusive_transaction():
+                    dep = Deployment.locked(upload.fn.project, upload.deployment_id)
+                    if dep is None:
+                        if upload.existing is not None:  # deleted while this chunk was in flight
+                            raise deployment_not_found()
+                        dep = Deployment.create(
+                            project=upload.fn.project, uid=upload.deployment_id, function=upload.fn.uid, entrypoint=entrypoint,
+                            size=chunk.size, activate=activate, chunks_total=-(-chunk.size // chunk.length) if chunk.end < chunk.size else 1,
+                            chunks_uploaded=0, received=[], date_created=int(time.time()),
+                        )
+                        _index(dep)
+                        counts.adjust(SEARCH_KIND, dep.project, dep.function, 1)
+                    whole = [[0, chunk.size]]
+                    if dep.received == whole:  # a chunk sent again while another assembles it: nothing new
+                        return dep, False
+                    if chunk.end < chunk.size:  # non-last chunks tell the chunk size
+                        dep.chunks_total = -(-chunk.size // chunk.length)
+                    before = sum(hi - lo for lo, hi in dep.received)
+                    dep.received = _merge(dep.received, chunk.start, chunk.end)
+                    if sum(hi - lo for lo, hi in dep.received) > before:
+                        dep.chunks_uploaded += 1
+                    completed = dep.received == whole
+                    if completed:
+                        dep.chunks_uploaded = dep.chunks_total = max(dep.chunks_total, dep.chunks_uploaded)
+                    dep.save()
+                    return dep, completed
+            except pw.IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def _complete(self, upload: "Upload", source: Path, entrypoint: str, activate: bool, size: int, sha256: str,
                   chunks: tuple[int, int]) -> Deployment:
@@ -235,8 +239,7 @@ class DeploymentRules:
         """Remove chunked uploads left unfinished for longer than `max_age` seconds."""
         stale = list(Deployment.select().where((Deployment.path == "") & (Deployment.date_created < time.time() - max_age)))
         for dep in stale:
-            with self._locks(dep.uid):
-                self._discard(dep)
+            self._discard(dep)
         return len(stale)
 
     def _discard(self, dep: Deployment) -> None:
@@ -257,7 +260,7 @@ class DeploymentRules:
             raise build_not_ready()
         fn.deployment = dep.uid
         fn.save()
-        changes.bump()
+        generation.bump()
         for hook in self.on_activate:
             hook(fn)
         return fn
@@ -274,7 +277,7 @@ class DeploymentRules:
             counts.adjust(SEARCH_KIND, project, function_id, -1)
             dep.delete_instance()
         self.packages.remove(project, dep.uid, dep.build)
-        changes.bump()
+        generation.bump()
         for hook in self.on_delete:
             hook(dep)
 
@@ -290,7 +293,7 @@ class DeploymentRules:
                                  stdout="", stderr="", start_time=0, end_time=0, duration=0).execute()
         if not updated:
             raise build_not_failed()
-        changes.bump()
+        generation.bump()
         self.build_queued()
 
 

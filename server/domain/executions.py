@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from server.domain import changes, validation as v
+from server.domain import validation as v
 from server.domain.auth import Caller, Scope
 from server.domain.errors import (
     build_not_found,
@@ -26,13 +26,14 @@ from server.domain.errors import (
 )
 from server.domain.functions import FunctionRules
 from server.domain.listing import page_request
+from server.domain.packages import PackageStore
 from server.domain.ratelimit import RateLimiter
 from server.domain.runtimes import Runtime, RuntimeCatalog
 from server.limits import OUTPUT_TAIL
 import peewee as pw
 
-from server.store import counts, search, statements
-from server.store.db import database
+from server.store import counts, generation, search, statements
+from server.store.db import database, skip_locked
 from server.store.lifecycles import BuildStatus, ExecutionStatus, transition
 from server.store.models import Build, Deployment, Execution, Function
 from server.store.paging import Page, find_page
@@ -49,10 +50,14 @@ class Runnable:
     deployment: Deployment
     build: Build
     runtime: Runtime
+    packages: PackageStore | None = None
 
     @functools.cached_property
     def code_dir(self) -> Path:
-        return Path(self.build.output_path)
+        """The build output on this host (fetched first if another host built it: blocking)."""
+        if self.packages is None:
+            return Path(self.build.output_path)
+        return self.packages.local_build(self.build.project, self.build.uid)
 
 
 class Outcome(Protocol):
@@ -77,6 +82,8 @@ class ExecutionRules:
     catalog: RuntimeCatalog
     limiter: RateLimiter
     max_waiting: int
+    replica: str = ""  # this replica's id: the owner of the executions it runs
+    packages: PackageStore | None = None
 
     def __post_init__(self):
         # (project, function) -> (changes generation, Runnable): the warm path
@@ -92,22 +99,24 @@ class ExecutionRules:
             caller.require(Scope.EXECUTION_WRITE)
         key = (caller.project, function_id)
         cached = self._plans.get(key)
-        if cached is not None and cached[0] == changes.current():
+        if cached is not None and cached[0] == generation.current():
             run = cached[1]
         elif cached_only:
             return None
         else:
-            generation = changes.current()  # read first: a change during the load makes the entry stale
+            seen = generation.current()  # read first: a change during the load makes the entry stale
             run = self._load_plan(caller.project, function_id)
             if len(self._plans) > 10_000:
                 self._plans.clear()
-            self._plans[key] = (generation, run)
+            self._plans[key] = (seen, run)
         if run.runtime not in self.catalog.enabled():
             raise runtime_unsupported(run.function.runtime)
         if not can_execute(caller, run.function.execute):
             raise user_unauthorized(_denied(caller, run.function.execute))
         v.text("data", data, MAX_DATA)
-        if not caller.is_key:
+        if not caller.is_key and self.limiter.active:
+            if cached_only:
+                return None  # counting is a store write: not on the event loop
             who = f"user:{caller.user_id}" if caller.user_id else f"ip:{caller.address}"
             self.limiter.hit(f"{caller.project}/{function_id}/{who}")
         return run
@@ -146,6 +155,7 @@ class ExecutionRules:
                 read=[f"user:{caller.user_id}"] if caller.user_id else [], trigger="http", data=data,
                 user_id=caller.user_id, date_created=int(time.time()),
                 status=ExecutionStatus.PROCESSING if sync else ExecutionStatus.WAITING, run_started=_now_ms() if sync else 0,
+                owner=self.replica if sync else "",
                 status_code=0, stdout="", stderr="", logs="", errors="", time=0.0,
             )
             seq = statements.insert(Execution, row)
@@ -161,37 +171,61 @@ class ExecutionRules:
 
     def claim(self, seq: int) -> Execution | None:
         """waiting -> processing, atomically; None if another worker took it or it is gone."""
-        claimed = transition(Execution, ExecutionStatus.WAITING, ExecutionStatus.PROCESSING, Execution.seq == seq).execute()
+        claimed = transition(Execution, ExecutionStatus.WAITING, ExecutionStatus.PROCESSING, Execution.seq == seq,
+                             owner=self.replica).execute()
         return Execution.get_or_none(Execution.seq == seq) if claimed else None
 
-    def waiting(self, limit: int = 1000) -> list[int]:
-        return Execution.oldest_waiting(limit)
+    def claim_waiting(self, limit: int, older_than_ms: int) -> list[int]:
+        """waiting -> processing for up to `limit` of the oldest executions
+        waiting for longer than `older_than_ms` (any replica's: fresh ones are
+        left to the replica that queued them). Returns their seqs, now this
+        replica's. One statement: replicas never claim the same row."""
+        if limit <= 0:
+            return []
+        cutoff = int(time.time()) - older_than_ms // 1000
+        oldest = skip_locked(Execution.select(Execution.seq).where(
+            (Execution.status == ExecutionStatus.WAITING) & (Execution.date_created <= cutoff)
+        ).order_by(Execution.seq).limit(limit))
+        rows = transition(Execution, ExecutionStatus.WAITING, ExecutionStatus.PROCESSING, Execution.seq.in_(oldest),
+                          owner=self.replica).returning(Execution.seq).execute()
+        return [row.seq for row in rows]
+
+    def get_claimed(self, seq: int) -> Execution | None:
+        return Execution.get_or_none((Execution.seq == seq) & (Execution.owner == self.replica)
+                                     & (Execution.status == ExecutionStatus.PROCESSING))
 
     def mark_started(self, ex: Execution) -> None:
         """The function is about to get its request: from now on a crash fails it."""
-        Execution.update(run_started=_now_ms()).where(Execution.seq == ex.seq).execute()
+        Execution.update(run_started=_now_ms()).where((Execution.seq == ex.seq) & self._still_mine()).execute()
 
     def finish(self, ex: Execution, outcome: Outcome) -> Execution:
         status, fields = _outcome_status(outcome), _outcome_fields(outcome)
-        transition(Execution, ExecutionStatus.PROCESSING, status, Execution.seq == ex.seq, **fields).execute()
+        transition(Execution, ExecutionStatus.PROCESSING, status, Execution.seq == ex.seq, self._still_mine(), **fields).execute()
         ex.status = status
         for name, value in fields.items():
             setattr(ex, name, value)
         return ex
 
     def fail(self, ex: Execution, message: str, status_code: int = 500) -> None:
-        transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.seq == ex.seq,
+        transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.seq == ex.seq, self._still_mine(),
                    status_code=status_code, stderr=message[-OUTPUT_TAIL:]).execute()
 
-    def interrupted(self) -> tuple[int, int]:
-        """At start-up, after a stop: executions claimed but never started go
-        back to the queue; those whose function had started end failed.
-        Returns (queued again, failed)."""
+    def _still_mine(self):
+        """A replica that lost its lease (taken over as dead) no longer writes
+        what it ran: the execution was queued again or failed by another."""
+        return Execution.owner == self.replica
+
+    @staticmethod
+    def recover(owner: str) -> tuple[int, int]:
+        """The executions a stopped replica (`owner`) was running: claimed but
+        never started ones go back to the queue; those whose function had
+        started end failed. Returns (queued again, failed). Inside the
+        caller's transaction, if any."""
         with database.atomic():
             requeued = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.WAITING,
-                                  Execution.run_started == 0).execute()
-            failed = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, status_code=500,
-                                stderr="Execution interrupted: the service stopped while it ran.").execute()
+                                  Execution.owner == owner, Execution.run_started == 0, owner="").execute()
+            failed = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.owner == owner,
+                                status_code=500, stderr="Execution interrupted: the service stopped while it ran.").execute()
         return requeued, failed
 
     def runnable_for(self, ex: Execution) -> Runnable:
@@ -217,7 +251,7 @@ class ExecutionRules:
             raise build_not_found()
         if build.status is not BuildStatus.READY:
             raise build_not_ready()
-        return Runnable(function=fn, deployment=dep, build=build, runtime=runtime)
+        return Runnable(function=fn, deployment=dep, build=build, runtime=runtime, packages=self.packages)
 
     # ---- reading -----------------------------------------------------------
 

@@ -9,12 +9,12 @@ from typing import Callable
 
 import peewee as pw
 
-from server.domain import changes, validation as v
+from server.domain import validation as v
 from server.domain.errors import function_already_exists, function_not_found
 from server.domain.events import EVENT_NAMES
 from server.domain.listing import page_request
 from server.domain.runtimes import RuntimeCatalog
-from server.store import counts, search
+from server.store import counts, generation, search
 from server.store.db import database
 from server.store.models import Build, Deployment, Execution, Function
 from server.store.paging import Page, find_page
@@ -104,7 +104,7 @@ class FunctionRules:
             fn.schedule_next = _next_run(fn.schedule)
             fn.save()
             _index(fn)
-        changes.bump()
+        generation.bump()
         return fn
 
     def delete(self, project: str, function_id: str) -> None:
@@ -123,7 +123,7 @@ class FunctionRules:
             counts.drop("execution", project, fn.uid)
             counts.adjust(SEARCH_KIND, project, "", -1)
             fn.delete_instance()
-        changes.bump()
+        generation.bump()
         for hook in self.on_delete:
             hook(fn, deployments)
 

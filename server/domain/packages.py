@@ -12,11 +12,13 @@ import os
 import posixpath
 import shutil
 import tarfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.domain.errors import file_type_unsupported, invalid_argument, invalid_file
+from server.store import blobs
 
 MAX_MEMBERS = 100_000
 
@@ -88,9 +90,15 @@ class PackageStore:
     uploads/   partial and in-flight uploads (never served)
     packages/  complete, validated archives: packages/<project>/<deployment>.tar.gz
     builds/    build outputs: builds/<project>/<build>/
+
+    `shared` (FUNCTIONS_STORAGE=database): packages and build outputs are also
+    kept in the database (server.store.blobs), and this data directory is the
+    host's cache of them: `local_package` and `local_build` fetch what another
+    host made. Paths are always this host's; the ones stored in rows are not read.
     """
 
     root: Path
+    shared: bool = False
 
     def upload_path(self, project: str, name: str) -> Path:
         path = self.root / "uploads" / project / name
@@ -104,12 +112,71 @@ class PackageStore:
         return self.root / "builds" / project / build
 
     def commit(self, source: Path, project: str, deployment: str) -> Path:
-        """Move a checked upload into place atomically (same filesystem)."""
+        """Move a checked upload into place atomically (same filesystem), and
+        into the database when shared."""
         target = self.package_path(project, deployment)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(source, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(source, target)
+        if self.shared:
+            try:
+                blobs.put(_package_key(project, deployment), target)
+            except BaseException:
+                target.unlink(missing_ok=True)
+                raise
+        return target
+
+    def local_package(self, project: str, deployment: str) -> Path:
+        """The package on this host (fetched from the database if another host took the upload). Blocking."""
+        path = self.package_path(project, deployment)
+        if self.shared and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.fetch")
+            try:
+                if not blobs.get(_package_key(project, deployment), tmp):
+                    raise FileNotFoundError(f"the package of deployment {deployment} is not in the database")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return path
+
+    def share_build(self, project: str, build: str) -> None:
+        """A finished build's output, into the database (when shared). Blocking."""
+        if not self.shared:
+            return
+        archive = self.root / "uploads" / f"build-{build}.{os.getpid()}.tar.gz"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+                tar.add(self.build_dir(project, build), arcname=".")
+            blobs.put(_build_key(project, build), archive)
+        finally:
+            archive.unlink(missing_ok=True)
+
+    def local_build(self, project: str, build: str) -> Path:
+        """The build output on this host (fetched from the database and
+        unpacked if another host built it). Blocking."""
+        target = self.build_dir(project, build)
+        if not self.shared or target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stamp = f"{os.getpid()}.{threading.get_ident()}"
+        archive, unpacked = target.with_name(f"{build}.{stamp}.tar.gz"), target.with_name(f"{build}.{stamp}.tmp")
+        try:
+            if not blobs.get(_build_key(project, build), archive):
+                raise FileNotFoundError(f"the output of build {build} is not in the database")
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(unpacked, filter="data")  # our own archive; still no links or paths outside
+            os.chmod(unpacked, 0o755)
+            try:
+                os.rename(unpacked, target)
+            except OSError:  # another replica of this host unpacked it first
+                if not target.exists():
+                    raise
+        finally:
+            archive.unlink(missing_ok=True)
+            shutil.rmtree(unpacked, ignore_errors=True)
         return target
 
     def remove(self, project: str, deployment: str, build: str = "") -> None:
@@ -117,3 +184,13 @@ class PackageStore:
             path.unlink(missing_ok=True)
         if build:
             shutil.rmtree(self.build_dir(project, build), ignore_errors=True)
+        if self.shared:
+            blobs.delete(_package_key(project, deployment), *([_build_key(project, build)] if build else []))
+
+
+def _package_key(project: str, deployment: str) -> str:
+    return f"package/{project}/{deployment}"
+
+
+def _build_key(project: str, build: str) -> str:
+    return f"build/{project}/{build}"

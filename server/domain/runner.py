@@ -32,14 +32,23 @@ Invoke = Callable[..., Awaitable[Outcome]]
 Write = Callable[[Callable[[], object]], Awaitable[object]]
 
 
+# Waiting executions older than this may be claimed by any replica's sweep;
+# younger ones are left to the replica that queued them (it runs them at once).
+STEAL_AFTER_MS = 1000
+
+
 class ExecutionRunner:
-    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking: Blocking, write: Write):
+    """`workers`: how many queue workers run (the sweep claims no more than are free)."""
+
+    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking: Blocking, write: Write, workers: int):
         self.rules = rules
         self.invoke = invoke
         self.blocking = blocking
         self.write = write
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._queued: set[int] = set()  # in the queue now: the sweep adds no duplicates
+        self.workers = workers
+        self._queue: asyncio.Queue[tuple[int, bool]] = asyncio.Queue()  # (seq, already claimed)
+        self._queued: set[int] = set()  # in the queue now: no duplicates
+        self._running = 0
 
     async def run_sync(self, run: Runnable, caller: Caller, data: str) -> Execution:
         """Recorded `processing` first, so a crash mid-run leaves a record (failed at restart)."""
@@ -60,32 +69,46 @@ class ExecutionRunner:
     # ---- the durable queue (worked by jobs) -----------------------------------
 
     async def recover(self) -> None:
-        """At start-up: executions a stop cut off are queued again (never
-        started) or failed (started)."""
-        requeued, failed = await self.blocking(self.rules.interrupted)
+        """At start-up: what this replica's previous run was running when it
+        stopped is queued again (never started) or failed (started); also
+        what a service of before replicas left (no owner)."""
+        requeued, failed = 0, 0
+        for owner in {self.rules.replica, ""}:
+            again, lost = await self.blocking(self.rules.recover, owner)
+            requeued, failed = requeued + again, failed + lost
         if requeued or failed:
             log.warning("executions cut off by a stop: never-started ones queued again, started ones failed",
                         extra={"requeued": requeued, "failed": failed})
 
     async def queue_waiting(self) -> None:
-        """Queue what the database holds as waiting, so an execution whose wake-up was lost still runs."""
-        for seq in await self.blocking(self.rules.waiting):
-            self._enqueue(seq)
+        """Claim waiting executions no replica took (a lost wake-up, another
+        replica's backlog, one that stopped), as many as workers are free."""
+        free = self.workers - self._running - self._queue.qsize()
+        for seq in await self.write(functools.partial(self.rules.claim_waiting, free, STEAL_AFTER_MS)):
+            self._enqueue(seq, claimed=True)
 
-    async def next_queued(self) -> int:
-        seq = await self._queue.get()
-        self._queued.discard(seq)
-        return seq
+    async def next_queued(self) -> tuple[int, bool]:
+        item = await self._queue.get()
+        self._queued.discard(item[0])
+        return item
 
-    def _enqueue(self, seq: int) -> None:
+    def _enqueue(self, seq: int, claimed: bool = False) -> None:
         if seq not in self._queued:
             self._queued.add(seq)
-            self._queue.put_nowait(seq)
+            self._queue.put_nowait((seq, claimed))
 
-    async def run_queued(self, seq: int) -> None:
-        execution = await self.write(functools.partial(self.rules.claim, seq))
+    async def run_queued(self, item: tuple[int, bool]) -> None:
+        self._running += 1
+        try:
+            await self._run_queued(*item)
+        finally:
+            self._running -= 1
+
+    async def _run_queued(self, seq: int, claimed: bool) -> None:
+        claim = self.rules.get_claimed if claimed else self.rules.claim
+        execution = await self.write(functools.partial(claim, seq))
         if execution is None:
-            return  # taken by another worker, or deleted
+            return  # taken by another worker or replica, or deleted
         try:
             run = await self.blocking(self.rules.runnable_for, execution)
         except ApiError as error:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import docker
@@ -44,9 +45,10 @@ class Engine:
     pool: ContainerPool | None
 
     @classmethod
-    def connect(cls, settings: Settings, runtimes: list[Runtime]) -> "Engine":
+    def connect(cls, settings: Settings, runtimes: list[Runtime], replica: int = 0) -> "Engine":
         """Connect to the Docker engine; without one the service still manages
-        functions, but no runtime is available. `runtimes` get pre-started containers."""
+        functions, but no runtime is available. `runtimes` get pre-started
+        containers. Each replica of a host has a pool of its own (`containers_dir(replica)`)."""
         try:
             client = docker.from_env(timeout=120)
             client.ping()
@@ -56,11 +58,10 @@ class Engine:
         build_limits = ContainerLimits(memory_mb=settings.build_memory_mb, cpus=settings.build_cpus, pids=settings.build_pids)
         work_dir = settings.data_dir.resolve() / "tmp"
         work_dir.mkdir(parents=True, exist_ok=True)
-        # Container directories hold UNIX sockets: keep the path short.
-        containers_dir = settings.data_dir.resolve() / "c"
+        containers_dir = cls.containers_dir(settings, replica)
         containers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Readable copies of source archives for builds; the pool's start-up sweep empties it.
-        staging_dir = settings.data_dir.resolve() / "staging"
+        staging_dir = settings.data_dir.resolve() / "staging" / str(replica)
         staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         engine = cls(client=client, images=RuntimeImages(client, RUNTIMES_DIR, work_dir=work_dir),
                      offline_builder=None, online_builder=None, pool=None)
@@ -75,6 +76,11 @@ class Engine:
         engine.online_builder = Builder(client, RUNTIMES_DIR, build_limits, settings.build_timeout,
                                         network=settings.build_network, **labels)
         return engine
+
+    @staticmethod
+    def containers_dir(settings: Settings, replica: int) -> Path:
+        """Replica `replica`'s container directories (they hold UNIX sockets: a short path)."""
+        return settings.data_dir.resolve() / "c" / str(replica)
 
     # ---- images -------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 database = peewee.DatabaseProxy()
 
 # Bump when a migration is added to _MIGRATIONS.
-SCHEMA_VERSION = 2
-_schema_lock = threading.Lock()
+SCHEMA_VERSION = 3
+# Any number for pg_advisory_xact_lock: "functions" in ASCII.
+SCHEMA_LOCK_KEY = 0x66756E6374696F6E
 
 
 def _connect(url: str, sqlite_path: Path) -> peewee.Database:
@@ -25,6 +26,12 @@ def _connect(url: str, sqlite_path: Path) -> peewee.Database:
         return peewee.SqliteDatabase(
             str(sqlite_path),
             timeout=30,
+            # Transactions take the write lock when they begin. A deferred one
+            # that reads and then writes must upgrade its lock, and that fails
+            # at once ("database is locked", no busy wait) when another
+            # process wrote in between: with several replicas it would, now
+            # and then. Waiting at BEGIN is always safe.
+            lock_type="IMMEDIATE",
             pragmas={
                 "journal_mode": "wal",
                 "synchronous": "normal",
@@ -54,14 +61,50 @@ def open_database(url: str, sqlite_path: Path) -> peewee.Database:
 
     db = _connect(url, sqlite_path)
     database.initialize(db)
-    with _schema_lock:
-        db.connect(reuse_if_open=True)
-        with db.atomic():
-            db.create_tables(models.ALL_MODELS, safe=True)
-            models.SchemaVersion.get_or_create(id=1, defaults={"version": SCHEMA_VERSION})
-            _migrate(db)
+    for attempt in range(20):
+        try:
+            db.connect(reuse_if_open=True)
+            break
+        except peewee.OperationalError as error:
+            # Switching a new SQLite file to WAL needs it alone: another
+            # process starting at the same moment makes that fail at once.
+            if "locked" not in str(error) or attempt == 19:
+                raise
+            time.sleep(0.1)
+    # Replicas start at once: the schema is made and upgraded by one of them,
+    # under a lock the others wait for (PostgreSQL: an advisory lock held by
+    # the transaction; SQLite: a write transaction from its first statement).
+    with exclusive_transaction(db):
+        if isinstance(db, peewee.PostgresqlDatabase):
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        db.create_tables(models.ALL_MODELS, safe=True)
+        models.SchemaVersion.get_or_create(id=1, defaults={"version": SCHEMA_VERSION})
+        models.Generation.get_or_create(id=1, defaults={"value": 0})
+        _migrate(db)
     log.info("database ready", extra={"backend": type(db).__name__, "schema": SCHEMA_VERSION})
     return db
+
+
+def exclusive_transaction(db: peewee.Database | None = None):
+    """A transaction that holds the write lock from its start: on SQLite
+    BEGIN IMMEDIATE (a read-then-write transaction would fail at once,
+    "database is locked", when another process wrote in between); on
+    PostgreSQL an ordinary one (take row locks with `for_update`)."""
+    db = db or database.obj
+    if isinstance(db, peewee.SqliteDatabase):
+        return db.atomic(lock_type="IMMEDIATE")
+    return db.atomic()
+
+
+def is_postgres() -> bool:
+    return isinstance(database.obj, peewee.PostgresqlDatabase)
+
+
+def skip_locked(query: peewee.Select) -> peewee.Select:
+    """A queue's "next rows" subquery: on PostgreSQL rows another replica is
+    claiming right now are skipped, not waited for (no herd on one row);
+    SQLite has one writer at a time anyway."""
+    return query.for_update("FOR UPDATE SKIP LOCKED") if is_postgres() else query
 
 
 def _migrate(db: peewee.Database) -> None:
@@ -86,10 +129,20 @@ def _add_run_started_and_output_bytes(db: peewee.Database) -> None:
     )
 
 
+def _add_owners(db: peewee.Database) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(db)
+    migrate(
+        migrator.add_column("execution", "owner", peewee.CharField(max_length=64, default="")),
+        migrator.add_column("build", "owner", peewee.CharField(max_length=64, default="")),
+    )
+
+
 # version -> list of callables(db). create_tables(safe=True) creates new tables
 # and indexes (a new database starts at SCHEMA_VERSION); migrations only
 # handle changes to existing tables.
-_MIGRATIONS: dict[int, list] = {2: [_add_run_started_and_output_bytes]}
+_MIGRATIONS: dict[int, list] = {2: [_add_run_started_and_output_bytes], 3: [_add_owners]}
 
 
 def close_database() -> None:

@@ -41,6 +41,15 @@ class ProjectResource(BaseModel):
         return cls.get_or_none(cls._one(project, uid, where)) if uid else None
 
     @classmethod
+    def locked(cls, project: str, uid: str):
+        """`find`, locking the row for the rest of the transaction (PostgreSQL:
+        SELECT … FOR UPDATE; SQLite: the transaction's write lock does it)."""
+        from server.store.db import is_postgres
+
+        query = cls.select().where(cls._one(project, uid, ()))
+        return (query.for_update() if is_postgres() else query).first()
+
+    @classmethod
     def seq_of(cls, project: str, uid: str, *where: pw.Expression) -> int | None:
         """The row's `seq` (its place in lists, for cursors), or None."""
         row = cls.select(cls.seq).where(cls._one(project, uid, where)).first() if uid else None
@@ -135,6 +144,8 @@ class Build(ProjectResource):
     start_time = pw.BigIntegerField(default=0)
     end_time = pw.BigIntegerField(default=0)
     duration = pw.IntegerField(default=0)
+    # The replica running it while `building` (its lease: Replica.heartbeat).
+    owner = pw.CharField(max_length=64, default="")
 
     class Meta:
         indexes = ((("project", "uid"), True), (("status", "seq"), False))
@@ -153,6 +164,8 @@ class Execution(ProjectResource):
     # crash a `processing` execution that never started is queued again; one
     # that started ends failed. Sync executions count as started when recorded.
     run_started = pw.BigIntegerField(default=0)
+    # The replica running it while `processing` (its lease: Replica.heartbeat).
+    owner = pw.CharField(max_length=64, default="")
     status_code = pw.IntegerField(default=0)
     stdout = pw.TextField(default="")
     stderr = pw.TextField(default="")
@@ -175,11 +188,6 @@ class Execution(ProjectResource):
         """How many of the project's executions wait in the async queue."""
         return cls.select().where((cls.project == project) & (cls.status == ExecutionStatus.WAITING)).count()
 
-    @classmethod
-    def oldest_waiting(cls, limit: int) -> list[int]:
-        """`seq` of the oldest waiting executions, all projects (the queue's sweep)."""
-        query = cls.select(cls.seq).where(cls.status == ExecutionStatus.WAITING).order_by(cls.seq).limit(limit)
-        return [row.seq for row in query]
 
 
 class SearchToken(BaseModel):
@@ -217,4 +225,68 @@ class ListCount(BaseModel):
         primary_key = pw.CompositeKey("kind", "project", "scope")
 
 
-ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, SearchToken, ListCount]
+class Replica(BaseModel):
+    """One running server process, and its lease. A replica renews
+    `heartbeat` (Unix ms) now and then; one silent for longer than the lease
+    is dead: another replica takes over its work (server.cluster.leases)."""
+
+    id = pw.CharField(max_length=64, primary_key=True)  # <host id>-<index>: the same slot keeps its id across restarts
+    host = pw.CharField(max_length=32)  # replicas of one host share its Docker engine and data directory
+    pool_owner = pw.CharField(max_length=64, default="")  # the owner label of its containers
+    address = pw.CharField(max_length=256, default="")
+    pid = pw.IntegerField(default=0)
+    started = pw.BigIntegerField(default=0)
+    heartbeat = pw.BigIntegerField(default=0)
+
+    @classmethod
+    def register(cls, id: str, host: str, pool_owner: str, address: str, pid: int, now_ms: int) -> None:
+        """This replica runs, from now on (its row made, or taken back)."""
+        fields = dict(host=host, pool_owner=pool_owner, address=address, pid=pid, started=now_ms, heartbeat=now_ms)
+        cls.insert(id=id, **fields).on_conflict(conflict_target=[cls.id], update=fields).execute()
+
+    @classmethod
+    def renew(cls, id: str, now_ms: int) -> bool:
+        """Extend the lease; False if another replica took this one over meanwhile."""
+        return cls.update(heartbeat=now_ms).where(cls.id == id).execute() == 1
+
+    @classmethod
+    def expired(cls, cutoff_ms: int) -> list["Replica"]:
+        return list(cls.select().where(cls.heartbeat < cutoff_ms))
+
+    @classmethod
+    def take_over(cls, id: str, cutoff_ms: int) -> bool:
+        """Claim a dead replica's work: True for the one replica whose delete
+        of its (still expired) row succeeded. Inside a transaction."""
+        return cls.delete().where((cls.id == id) & (cls.heartbeat < cutoff_ms)).execute() == 1
+
+
+class Generation(BaseModel):
+    """One row: bumped by every change that decides how a function runs
+    (settings, active deployment, builds), so each replica's run-plan cache
+    knows when it is stale (server.store.generation)."""
+
+    id = pw.IntegerField(primary_key=True)
+    value = pw.BigIntegerField(default=0)
+
+
+class RateWindow(BaseModel):
+    """Fixed-window rate-limit counters shared by every replica."""
+
+    key = pw.CharField(max_length=255, primary_key=True)
+    window_start = pw.BigIntegerField()  # Unix ms
+    count = pw.IntegerField(default=0)
+
+
+class BlobPart(BaseModel):
+    """A part of a file kept in the database (server.store.blobs)."""
+
+    key = pw.CharField(max_length=255)
+    part = pw.IntegerField()
+    data = pw.BlobField()
+
+    class Meta:
+        primary_key = pw.CompositeKey("key", "part")
+
+
+ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, SearchToken, ListCount,
+              Replica, Generation, RateWindow, BlobPart]

@@ -109,11 +109,12 @@ class ContainerDriver(Protocol):
             Exception: the driver could not find out (the pool reports `detail` then).
         """
 
-    def owned(self, own_builds: bool = True) -> list[str]:
+    def owned(self, own_builds: bool = True, owner: str | None = None) -> list[str]:
         """IDs of the containers this driver's owner left (runtime and, for
         Docker, build containers), and of orphans of vanished services.
         `own_builds=False` leaves out the builds of this instance (at start-up:
-        they may have started before the pool).
+        they may have started before the pool). `owner`: those of another
+        owner instead (a dead replica of this host, whose lease expired).
 
         Raises:
             one of `errors`: they could not be listed.

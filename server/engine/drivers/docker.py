@@ -216,7 +216,7 @@ class DockerDriver:
         if host_dir is not None:
             hostdir.release_dir(host_dir)
 
-    def owned(self, own_builds: bool = True) -> list[str]:
+    def owned(self, own_builds: bool = True, owner: str | None = None) -> list[str]:
         """Every runtime and build container with this owner label, running or
         not, and orphans: ones whose pool's work_dir no longer exists."""
         found = self._client.api.containers(all=True, filters={"label": ROLE_LABEL})
@@ -228,8 +228,8 @@ class DockerDriver:
                 continue
             if _orphaned(labels.get(WORK_DIR_LABEL, "")):
                 ids.append(item["Id"])
-            elif labels.get(OWNER_LABEL) == self.owner:
-                if role == "build" and not own_builds and labels.get(INSTANCE_LABEL) == self.instance:
+            elif labels.get(OWNER_LABEL) == (owner or self.owner):
+                if role == "build" and not own_builds and owner is None and labels.get(INSTANCE_LABEL) == self.instance:
                     continue
                 ids.append(item["Id"])
         return ids

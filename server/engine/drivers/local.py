@@ -120,10 +120,12 @@ class LocalProcessDriver:
         if host_dir is not None:
             hostdir.release_dir(host_dir)
 
-    def owned(self, own_builds: bool = True) -> list[str]:
+    def owned(self, own_builds: bool = True, owner: str | None = None) -> list[str]:
         """The servers this driver started and has not removed (there are no
-        builds; the servers of a killed service are not found: they die with
-        nothing to connect them to it)."""
+        builds; the servers of a killed service, or of another owner, are not
+        found: they die with nothing to connect them to it)."""
+        if owner is not None and owner != self.owner:
+            return []
         with self._lock:
             return list(self._processes)
 

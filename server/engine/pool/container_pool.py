@@ -7,6 +7,7 @@ import asyncio
 import collections
 import logging
 import time
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from server.domain.runtimes import Runtime
@@ -17,7 +18,7 @@ from server.engine.pool import scheduling
 from server.engine.pool.config import DeploymentTarget, PoolOptions
 from server.engine.pool.container import Container, Deployment, State
 from server.engine.pool.lifecycle import TIMEOUT_ERROR, TIMEOUT_STATUS, Lifecycle, usable
-from server.engine.pool.registry import Registry
+from server.engine.pool.registry import NAME_PREFIX, Registry
 from server.engine.pool.sweep import sweep
 from server.engine.sandbox import ContainerLimits
 
@@ -116,6 +117,20 @@ class ContainerPool:
         life.shutdown(cancel_futures=True)
         await life.join_threads(deadline - life.loop.time())
         log.info("container pool stopped", extra={"owner": self.owner})
+
+    async def sweep_dead(self, owner: str, work_dir: Path) -> int:
+        """Remove the containers and host directories a dead pool of this host
+        left (another replica's, whose lease expired). Returns how many containers."""
+        if Path(work_dir).resolve() == self._driver.work_dir:
+            return 0  # never our own
+        life = self._life
+        leftovers = await life.run(self._driver.owned, True, owner)
+        await asyncio.gather(*(life.run(self._driver.remove, cid) for cid in leftovers), return_exceptions=True)
+        for path in await life.run(lambda: list(Path(work_dir).glob(f"{NAME_PREFIX}*"))):
+            await life.run(hostdir.release_dir, path)
+        if leftovers:
+            log.info("removed the containers of a dead replica", extra={"owner": owner, "count": len(leftovers)})
+        return len(leftovers)
 
     def reap(self) -> None:
         """Remove IDLE containers past keep_alive and dead idle/stem ones; top up
