@@ -85,6 +85,10 @@ def runtime_cpu(data_dir: Path) -> float:
     for item in docker.from_env().api.containers(filters={"label": "functions.role=runtime"}):
         if not (item.get("Labels") or {}).get("functions.work-dir", "").startswith(work):
             continue
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{item['Id']}/cpuacct.usage")  # nanoseconds
+        if v1.exists():
+            total += int(v1.read_text()) / 1e9
+            continue
         for base in (f"/sys/fs/cgroup/system.slice/docker-{item['Id']}.scope", f"/sys/fs/cgroup/docker/{item['Id']}"):
             stat = Path(base) / "cpu.stat"
             if stat.exists():

@@ -575,3 +575,39 @@ def test_container_moves_only_as_transitions_and_its_state_allow():
     assert c.move(State.REMOVING) is State.LOADING
     with pytest.raises(RuntimeError, match="invalid container transition removing -> idle"):
         c.move(State.IDLE)
+
+
+class SlowStartDriver(LocalProcessDriver):
+    """Starting a container takes `delay` seconds (as a cold `docker run` under load)."""
+
+    delay = 2.0
+
+    def launch(self, *args, **kwargs):
+        time.sleep(self.delay)
+        return super().launch(*args, **kwargs)
+
+
+def test_a_caller_takes_a_container_released_before_a_new_one_starts(deployment):
+    """No stem cell and a slow start: the second caller is handed the first
+    caller's container when it is released (long before the new one is up),
+    and the new one still joins the deployment, idle."""
+    runner = PoolRunner(lambda work_dir: SlowStartDriver(RUNTIMES_DIR, work_dir), lambda runtime: IMAGE, prewarm=0,
+                        runtimes=())
+    try:
+        target = deployment()
+        first = runtime_of(runner.invoke(target, timeout=20))  # a cold start: ~2 s
+
+        async def scenario():
+            busy = asyncio.ensure_future(sleeping(runner, target, 0.3))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            second = await runner.pool.invoke(target, "", {}, {}, 20)
+            return await busy, second, time.monotonic() - started
+
+        busy, second, waited = runner.run(scenario())
+        assert runtime_of(busy) == first and runtime_of(second) == first  # handed over, not started
+        assert waited < SlowStartDriver.delay  # it did not wait for the new container
+        runner.wait_until(lambda: runner.states()["idle"] == 2 and runner.states()["loading"] == 0, timeout=15)
+        assert len({r["name"] for r in runner.rows(target)}) == 2
+    finally:
+        runner.stop()

@@ -30,7 +30,9 @@ PY_SLEEPY = ("import time\ndef main(req, res):\n    time.sleep(float(req.payload
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_env(request):
-    """Environment for a service on SQLite (its data dir) or on a fresh PostgreSQL database."""
+    """Environment for a service on SQLite (its data dir) or on a fresh
+    PostgreSQL database. Tests ask for it before `fresh_service`, so the
+    service stops before its database is dropped."""
     if request.param == "sqlite":
         return {}
     return {"FUNCTIONS_DATABASE_URL": request.getfixturevalue("pg_database")}
@@ -66,7 +68,7 @@ def replica_pid(index: int, svc) -> int:
     raise AssertionError(f"replica {index} of {svc.data_dir} not running")
 
 
-def test_replicas_serve_executions_with_function_affinity(fresh_service, database_env):
+def test_replicas_serve_executions_with_function_affinity(database_env, fresh_service):
     svc = fresh_service(FUNCTIONS_REPLICAS="3", **database_env)
     fids = [deploy(svc, f"aff{uuid.uuid4().hex[:8]}", {"main.py": PY_WHO}) for _ in range(8)]
     for fid in fids:
@@ -87,7 +89,7 @@ def test_replicas_serve_executions_with_function_affinity(fresh_service, databas
     assert len(served) == 3, served
 
 
-def test_an_activation_through_one_replica_is_seen_by_another_at_once(fresh_service, database_env):
+def test_an_activation_through_one_replica_is_seen_by_another_at_once(database_env, fresh_service):
     svc = fresh_service(FUNCTIONS_REPLICAS="3", **database_env)
     fid = deploy(svc, f"gen{uuid.uuid4().hex[:8]}", {"main.py": PY_WHO})
     v2 = upload(svc, fid, targz({"main.py": PY_WHO.replace("v1:", "v2:")}), activate="false").json()
@@ -101,7 +103,7 @@ def test_an_activation_through_one_replica_is_seen_by_another_at_once(fresh_serv
         assert run_on_b.CreateExecution(request, metadata=metadata(svc)).stdout == "v2:x"
 
 
-def test_a_chunked_upload_spread_over_replicas_is_assembled_once(fresh_service, database_env):
+def test_a_chunked_upload_spread_over_replicas_is_assembled_once(database_env, fresh_service):
     from google.api import httpbody_pb2
 
     svc = fresh_service(FUNCTIONS_REPLICAS="3", **database_env)
@@ -131,7 +133,7 @@ def test_a_chunked_upload_spread_over_replicas_is_assembled_once(fresh_service, 
     assert execute(svc, fid, data="ok").json()["stdout"] == "v1:ok"
 
 
-def test_a_killed_replica_loses_nothing_and_its_work_is_taken_over(fresh_service, database_env):
+def test_a_killed_replica_loses_nothing_and_its_work_is_taken_over(database_env, fresh_service):
     """kill -9 of one replica under mixed sync/async load, its slot held so it
     cannot restart: within the lease the others finish or fail its work, and
     remove its containers."""
@@ -208,7 +210,7 @@ def test_replicas_share_one_rate_limit(fresh_service):
     assert codes.count(201) == 5 and codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 7, codes
 
 
-def test_two_hosts_over_one_postgresql_run_each_others_deployments(fresh_service, pg_database):
+def test_two_hosts_over_one_postgresql_run_each_others_deployments(pg_database, fresh_service):
     """Two "hosts": data directories (and pools) of their own, sharing only
     PostgreSQL, with code packages and build outputs in the database."""
     shared = dict(FUNCTIONS_DATABASE_URL=pg_database, FUNCTIONS_STORAGE="database", FUNCTIONS_REPLICAS="1",

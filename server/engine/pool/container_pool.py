@@ -275,12 +275,7 @@ class ContainerPool:
             d = registry.deployment(target.key)
             c = self._grow(d, target) if scheduling.may_grow(len(d.containers), self.options.max_per_deployment) else None
             if c is not None:
-                failure = await self._life.prepare(c, target, timeout, started)
-                if failure is not None:
-                    return None, failure
-                registry.transition(c, State.BUSY)
-                c.uses += 1
-                return c, None
+                return await self._start_or_take_over(c, d, target, timeout, started)
             if not d.containers:
                 registry.maybe_drop(d)
             where = scheduling.wait_for(len(d.containers), len(d.waiters), len(registry.room_waiters),
@@ -292,6 +287,61 @@ class ContainerPool:
             else:  # max_containers reached, all busy: any slot
                 await self._wait(registry.room_waiters, deadline)
         raise PoolBusy("no container became available")
+
+    async def _start_or_take_over(self, c: Container, d: Deployment, target: DeploymentTarget, timeout: float,
+                                  started: float) -> tuple[Container | None, InvocationResult | None]:
+        """Start `c` (a new container of the deployment), and if the deployment
+        has others, busy ones, wait for whichever comes first: `c` ready, or
+        one of them released (an execution often ends long before a container
+        starts). When a released one wins, `c` carries on starting in the
+        background and joins the deployment's idle containers."""
+        registry, life = self._registry, self._life
+        preparing = life.spawn(life.prepare(c, target, timeout, started))
+        try:
+            while len(d.containers) > 1 and not preparing.done():
+                handed = await self._first_of(preparing, d)
+                if handed is not None:
+                    preparing.add_done_callback(lambda task: self._adopt(c, task))
+                    return handed, None
+        except BaseException:  # cancelled: `c` is not lost
+            preparing.add_done_callback(lambda task: self._adopt(c, task))
+            raise
+        failure = await preparing
+        if failure is not None:
+            return None, failure
+        registry.transition(c, State.BUSY)
+        c.uses += 1
+        return c, None
+
+    async def _first_of(self, preparing: asyncio.Task, d: Deployment) -> Container | None:
+        """Wait as one of the deployment's waiters until a container is handed
+        over (returned) or `preparing` ends (None)."""
+        fut = self._life.loop.create_future()
+        d.waiters.append(fut)
+        try:
+            await asyncio.wait({preparing, fut}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if fut.done() and not fut.cancelled() and fut.result() is not None:
+                self._release(fut.result())  # handed over just as we gave up: pass it on
+            raise
+        finally:
+            if fut in d.waiters:
+                d.waiters.remove(fut)
+        if fut.done() and not fut.cancelled() and fut.result() is not None:
+            if not preparing.done():
+                return fut.result()
+            self._release(fut.result())  # both at once: ours is ready, pass the other on
+        elif not fut.done():
+            fut.cancel()
+        return None
+
+    def _adopt(self, c: Container, preparing: asyncio.Task) -> None:
+        """A container whose caller was served by another (or went away): once
+        loaded it serves the next caller, or waits IDLE."""
+        if preparing.cancelled() or preparing.exception() is not None or preparing.result() is not None:
+            return  # it failed and was discarded (prepare does that)
+        if c.state is State.LOADING:
+            self._release(c)
 
     async def _wait(self, queue: collections.deque, deadline: float, d: Deployment | None = None) -> Container | None:
         """Wait in `queue` for a container handed over by `_release` (BUSY), or None: try again."""

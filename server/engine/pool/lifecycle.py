@@ -241,7 +241,7 @@ class Lifecycle:
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), PoolClosed):
             log.error("container pool task failed", exc_info=task.exception())
 
     def run(self, fn, *args) -> asyncio.Future:
