@@ -47,7 +47,7 @@ from server.engine.engine import AVAILABILITY_REFRESH
 from server.engine.invoker import reply_limit
 from server.settings import Settings
 from server.store import close_database, open_database
-from server.store.db import exclusive_transaction
+from server.store.db import checkpoint, exclusive_transaction
 from server.jobs import Jobs, OneShot, Periodic, QueueWorkers, Resource
 from server.store.batch import BatchWriter
 from server.store.generation import GenerationWatch
@@ -255,6 +255,8 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
     jobs.add(QueueWorkers("execution-workers", settings.async_workers, runner.next_queued, runner.run_queued))
 
     jobs.add(Periodic("rate-windows", 60.0, components.executions.limiter.sweep, blocking=blocking))
+    if not settings.database_url:
+        jobs.add(Periodic("sqlite-checkpoint", 1.0, checkpoint, blocking=blocking))
 
     def remove_stale_uploads() -> None:
         removed = components.deployments.discard_stale_uploads(settings.upload_ttl)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -20,10 +23,62 @@ SCHEMA_VERSION = 3
 SCHEMA_LOCK_KEY = 0x66756E6374696F6E
 
 
+class QueuedWritersSqliteDatabase(peewee.SqliteDatabase):
+    """SQLite whose write transactions queue on a lock file beside the
+    database (`<db>-writer`, flock), across threads and processes.
+
+    Without it, writers that find the database locked wait in SQLite's busy
+    handler, which sleeps in growing steps (1, 2, 5 … 100 ms) and retries: a
+    writer that keeps losing to others stalls for a second and more (seen
+    with two replicas under write load). A flock waiter is woken the moment
+    the lock is free. Autocommit statements outside transactions still use
+    the busy handler (there are few: heartbeats, single-row updates)."""
+
+    def __init__(self, database, *args, **kwargs):
+        super().__init__(database, *args, **kwargs)
+        self._writer_path = f"{database}-writer"
+        self._writer = threading.local()  # this thread's lock-file descriptor, and whether it holds the lock
+
+    def begin(self, lock_type=None):
+        self._queue_for_writing()
+        try:
+            return super().begin(lock_type)
+        except BaseException:
+            self._done_writing()
+            raise
+
+    def commit(self):
+        try:
+            return super().commit()
+        finally:
+            self._done_writing()
+
+    def rollback(self):
+        try:
+            return super().rollback()
+        finally:
+            self._done_writing()
+
+    def _queue_for_writing(self) -> None:
+        state = self._writer
+        if getattr(state, "held", False):
+            return
+        if getattr(state, "fd", None) is None:
+            state.fd = os.open(self._writer_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(state.fd, fcntl.LOCK_EX)
+        state.held = True
+
+    def _done_writing(self) -> None:
+        state = self._writer
+        if getattr(state, "held", False):
+            state.held = False
+            fcntl.flock(state.fd, fcntl.LOCK_UN)
+
+
 def _connect(url: str, sqlite_path: Path) -> peewee.Database:
     if not url:
         sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        return peewee.SqliteDatabase(
+        return QueuedWritersSqliteDatabase(
             str(sqlite_path),
             timeout=30,
             # Transactions take the write lock when they begin. A deferred one
@@ -38,6 +93,10 @@ def _connect(url: str, sqlite_path: Path) -> peewee.Database:
                 "foreign_keys": 1,
                 "busy_timeout": 30000,
                 "cache_size": -32000,
+                # No checkpoint inside a request's commit (its fsync stalled
+                # writes for hundreds of ms): the `sqlite-checkpoint` job
+                # checkpoints in the background (`checkpoint`).
+                "wal_autocheckpoint": 0,
             },
             check_same_thread=False,
         )
@@ -94,6 +153,13 @@ def exclusive_transaction(db: peewee.Database | None = None):
     if isinstance(db, peewee.SqliteDatabase):
         return db.atomic(lock_type="IMMEDIATE")
     return db.atomic()
+
+
+def checkpoint() -> None:
+    """Copy SQLite's write-ahead log into the database, without blocking
+    readers or writers (PASSIVE); nothing to do on PostgreSQL. Blocking."""
+    if isinstance(database.obj, peewee.SqliteDatabase):
+        database.execute_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def is_postgres() -> bool:
