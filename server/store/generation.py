@@ -39,10 +39,13 @@ _listener: "GenerationWatch | None" = None  # PostgreSQL: the running listener
 
 
 def bump() -> None:
-    """A change was committed (or is about to be, in the caller's transaction)."""
-    Generation.update(value=Generation.value + 1).where(Generation.id == 1).execute()
-    if isinstance(database.obj, pw.PostgresqlDatabase):
-        database.execute_sql("SELECT pg_notify(%s, '')", (CHANNEL,))
+    """A change was committed (or is about to be, in the caller's transaction).
+    In a transaction of its own otherwise: SQLite writers then queue for the
+    write lock instead of sleeping in the busy handler."""
+    with database.atomic():
+        Generation.update(value=Generation.value + 1).where(Generation.id == 1).execute()
+        if isinstance(database.obj, pw.PostgresqlDatabase):
+            database.execute_sql("SELECT pg_notify(%s, '')", (CHANNEL,))
 
 
 def current() -> int:

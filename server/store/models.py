@@ -247,7 +247,8 @@ class Replica(BaseModel):
     @classmethod
     def renew(cls, id: str, now_ms: int) -> bool:
         """Extend the lease; False if another replica took this one over meanwhile."""
-        return cls.update(heartbeat=now_ms).where(cls.id == id).execute() == 1
+        with database.atomic():
+            return cls.update(heartbeat=now_ms).where(cls.id == id).execute() == 1
 
     @classmethod
     def expired(cls, cutoff_ms: int) -> list["Replica"]:
