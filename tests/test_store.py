@@ -151,3 +151,33 @@ def test_transitions_the_lifecycle_does_not_allow_are_refused(store):
         transition(Execution, ExecutionStatus.COMPLETED, ExecutionStatus.WAITING)
     assert ExecutionStatus.allowed(ExecutionStatus.WAITING, ExecutionStatus.PROCESSING)
     assert not ExecutionStatus.allowed(ExecutionStatus.FAILED, ExecutionStatus.PROCESSING)
+
+
+def test_sqlite_writers_take_turns_in_the_order_they_came():
+    """The in-process queue of SQLite writers (server/store/db.py FairLock)
+    hands the lock over first come first served."""
+    import threading
+
+    from server.store.db import FairLock
+
+    lock, order, ready = FairLock(), [], []
+    lock.acquire()
+
+    def writer(n: int):
+        ready.append(n)
+        lock.acquire()
+        order.append(n)
+        lock.release()
+
+    threads = []
+    for n in range(5):
+        threads.append(threading.Thread(target=writer, args=(n,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 5
+        while len(lock._waiting) < n + 1:  # queued before the next one comes
+            assert time.monotonic() < deadline, "a writer never queued"
+            time.sleep(0.001)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2, 3, 4]
