@@ -37,6 +37,7 @@ from server.domain.deployments import DeploymentRules
 from server.domain.executions import ExecutionRules
 from server.domain.ratelimit import RateLimiter
 from server.domain.runner import ExecutionRunner
+from server.domain.schedules import Scheduler
 from server.domain.functions import FunctionRules
 from server.domain.packages import PackageStore
 from server.domain.quotas import MB, StorageQuota
@@ -50,7 +51,6 @@ from server.store import close_database, open_database
 from server.store.db import checkpoint, exclusive_transaction
 from server.jobs import Jobs, OneShot, Periodic, QueueWorkers, Resource
 from server.store.batch import BatchWriter
-from server.store.generation import GenerationWatch
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # adds its own; grpc's default soft limit of 8 KiB refused some of them at
 # random with RESOURCE_EXHAUSTED (HTTP 429).
 MAX_METADATA_BYTES = 128 * 1024
+SCHEDULE_TICK = 1.0  # seconds between looks for due CRON fires
 EXECUTION_SWEEP_INTERVAL = 5.0  # seconds: waiting executions whose wake-up was lost still run
 STOP_TIMEOUT = 30.0  # seconds the background jobs get to stop
 
@@ -239,7 +240,7 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
                             pool_owner=pool.owner if pool is not None else "",
                             work_dir_of=lambda index: Engine.containers_dir(settings, index),
                             sweep=pool.sweep_dead if pool is not None else None)
-    jobs = Jobs(writer, GenerationWatch(), membership,
+    jobs = Jobs(writer, membership,
                 OneShot("build-recovery", components.builds.requeue_interrupted, blocking=blocking))
     if pool is not None:
         jobs.add(Resource("container-pool", lambda: pool.start(wait=False), pool.stop))
@@ -253,6 +254,13 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
     jobs.add(OneShot("execution-recovery", runner.recover))
     jobs.add(Periodic("execution-sweep", EXECUTION_SWEEP_INTERVAL, runner.queue_waiting, first=0))
     jobs.add(QueueWorkers("execution-workers", settings.async_workers, runner.next_queued, runner.run_queued))
+    scheduler = Scheduler(components.executions, catchup=settings.schedule_catchup)
+
+    async def fire_schedules() -> None:
+        for seq in await blocking(scheduler.fire_due):
+            runner.enqueue(seq)  # this replica fired it: it runs it at once
+
+    jobs.add(Periodic("schedule-fire", SCHEDULE_TICK, fire_schedules, first=0))
 
     jobs.add(Periodic("rate-windows", 60.0, components.executions.limiter.sweep, blocking=blocking))
     if not settings.database_url:

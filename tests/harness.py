@@ -24,6 +24,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> int:
+    """A port that is free with the `count - 1` after it (replica k listens on port + k)."""
+    for _ in range(100):
+        base = free_port()
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no run of free ports found")
+
+
 @dataclass
 class Service:
     """A running service: REST at `url`, gRPC at `grpc_address`."""

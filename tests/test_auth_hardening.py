@@ -77,7 +77,9 @@ def test_forwarded_for_cannot_be_spoofed(fresh_service):
     fresh allowance on either."""
     from functions.v1 import execution_pb2, execution_pb2_grpc
 
-    address = f"127.0.0.1:{_free_port()}"
+    from harness import free_ports
+
+    address = f"127.0.0.1:{free_ports(8)}"  # replica k listens on the port + k
     svc = fresh_service(FUNCTIONS_EXECUTION_RATE_LIMIT="3", FUNCTIONS_GRPC_ADDRESS=address)
     fid = deploy(svc, "spoof", PY_USER_ECHO, execute=["role:all"])
     spoofed = [execute(svc, fid, headers={**GUEST, "X-Forwarded-For": f"10.9.9.{i}", "X-Envoy-External-Address": f"10.8.8.{i}",
@@ -111,8 +113,3 @@ def test_reflection_can_be_switched_off(fresh_service):
         services(off)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
-
-def _free_port() -> int:
-    from harness import free_port
-
-    return free_port()

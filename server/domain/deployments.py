@@ -243,10 +243,13 @@ class DeploymentRules:
         return len(stale)
 
     def _discard(self, dep: Deployment) -> None:
+        """Remove an unfinished upload's row and files, once: replicas
+        sweeping stale uploads at the same moment must not count it twice."""
         with database.atomic():
+            if not Deployment.delete().where((Deployment.seq == dep.seq) & (Deployment.path == "")).execute():
+                return  # removed by another replica, or completed meanwhile
             search.unindex(SEARCH_KIND, [dep.seq])
             counts.adjust(SEARCH_KIND, dep.project, dep.function, -1)
-            dep.delete_instance()
         self.packages.remove(dep.project, dep.uid)
 
     # ---- activation, deletion, retry ---------------------------------------

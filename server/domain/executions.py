@@ -98,6 +98,8 @@ class ExecutionRules:
         if caller.is_key:
             caller.require(Scope.EXECUTION_WRITE)
         key = (caller.project, function_id)
+        if cached_only and not generation.cheap():
+            return None  # the generation is a store read here: not on the event loop
         cached = self._plans.get(key)
         if cached is not None and cached[0] == generation.current():
             run = cached[1]
@@ -147,19 +149,27 @@ class ExecutionRules:
         (so a crash leaves a record, never nothing), else `waiting` (the
         async queue; 429 past max_waiting)."""
         with database.atomic():
-            if not sync:
-                if Execution.waiting_in(caller.project) >= self.max_waiting:
-                    raise rate_limited("Too many executions waiting; retry later.")
-            row = dict(
-                project=caller.project, uid=v.new_id(), function=run.function.uid, deployment=run.deployment.uid,
-                read=[f"user:{caller.user_id}"] if caller.user_id else [], trigger="http", data=data,
-                user_id=caller.user_id, date_created=int(time.time()),
-                status=ExecutionStatus.PROCESSING if sync else ExecutionStatus.WAITING, run_started=_now_ms() if sync else 0,
-                owner=self.replica if sync else "",
-                status_code=0, stdout="", stderr="", logs="", errors="", time=0.0,
-            )
-            seq = statements.insert(Execution, row)
-            counts.adjust(SEARCH_KIND, caller.project, run.function.uid, 1)
+            if not sync and Execution.waiting_in(caller.project) >= self.max_waiting:
+                raise rate_limited("Too many executions waiting; retry later.")
+            return self._insert(run, trigger="http", data=data, user_id=caller.user_id, sync=sync)
+
+    def record_triggered(self, run: Runnable, trigger: str, data: str = "") -> Execution:
+        """Queue an execution no caller asked for (a schedule): no user,
+        `$read: []`, waiting in the async queue. Not limited by max_waiting:
+        a fire is never refused."""
+        return self._insert(run, trigger=trigger, data=data, user_id="", sync=False)
+
+    def _insert(self, run: Runnable, *, trigger: str, data: str, user_id: str, sync: bool) -> Execution:
+        row = dict(
+            project=run.function.project, uid=v.new_id(), function=run.function.uid, deployment=run.deployment.uid,
+            read=[f"user:{user_id}"] if user_id else [], trigger=trigger, data=data,
+            user_id=user_id, date_created=int(time.time()),
+            status=ExecutionStatus.PROCESSING if sync else ExecutionStatus.WAITING, run_started=_now_ms() if sync else 0,
+            owner=self.replica if sync else "",
+            status_code=0, stdout="", stderr="", logs="", errors="", time=0.0,
+        )
+        seq = statements.insert(Execution, row)
+        counts.adjust(SEARCH_KIND, run.function.project, run.function.uid, 1)
         return Execution(seq=seq, **row)
 
     def discard(self, ex: Execution) -> None:

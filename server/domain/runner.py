@@ -87,6 +87,10 @@ class ExecutionRunner:
         for seq in await self.write(functools.partial(self.rules.claim_waiting, free, STEAL_AFTER_MS)):
             self._enqueue(seq, claimed=True)
 
+    def enqueue(self, seq: int) -> None:
+        """Run this waiting execution soon (queued by this replica, e.g. a schedule)."""
+        self._enqueue(seq)
+
     async def next_queued(self) -> tuple[int, bool]:
         item = await self._queue.get()
         self._queued.discard(item[0])
@@ -116,7 +120,7 @@ class ExecutionRunner:
             return
         caller = Caller(project=execution.project, role="member" if execution.user_id else "guest",
                         scopes=frozenset(), user_id=execution.user_id)
-        env = self.rules.environment(run, caller, execution.data)
+        env = self.rules.environment(run, caller, execution.data, trigger=execution.trigger)
 
         async def started() -> None:
             await self.write(functools.partial(self.rules.mark_started, execution))

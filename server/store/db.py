@@ -241,8 +241,8 @@ def _add_owners(db: peewee.Database) -> None:
 
 
 # version -> list of callables(db). create_tables(safe=True) creates new tables
-# and indexes (a new database starts at SCHEMA_VERSION); migrations only
-# handle changes to existing tables.
+# and missing indexes, also of existing tables (a new database starts at
+# SCHEMA_VERSION); migrations only handle changes to existing columns.
 _MIGRATIONS: dict[int, list] = {2: [_add_run_started_and_output_bytes], 3: [_add_owners]}
 
 

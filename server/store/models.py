@@ -104,7 +104,8 @@ class Function(ProjectResource):
     date_updated = pw.BigIntegerField()
 
     class Meta:
-        indexes = ((("project", "uid"), True), (("project", "seq"), False))
+        # schedule_next: the schedule job's "what is due" scan.
+        indexes = ((("project", "uid"), True), (("project", "seq"), False), (("schedule_next",), False))
 
 
 class Deployment(ProjectResource):
