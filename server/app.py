@@ -48,7 +48,7 @@ from server.engine.engine import AVAILABILITY_REFRESH
 from server.engine.invoker import reply_limit
 from server.settings import Settings
 from server.store import close_database, open_database
-from server.store.db import checkpoint, exclusive_transaction
+from server.store.db import checkpoint, database
 from server.jobs import Jobs, OneShot, Periodic, QueueWorkers, Resource
 from server.store.batch import BatchWriter
 
@@ -101,7 +101,6 @@ def build_components(settings: Settings, replica: str = "", replica_index: int =
     """`replica`: this replica's id (the owner of the work it claims)."""
     if settings.storage not in ("local", "database"):
         raise SystemExit(f"FUNCTIONS_STORAGE={settings.storage!r}: `local` or `database`")
-    secure_data_dir(settings)
     open_database(settings.database_url, settings.sqlite_path)
     runtimes = load_catalog(settings.runtime_catalog, settings.image_overrides)
     configured = RuntimeCatalog(runtimes, allowed=settings.runtimes).configured()
@@ -180,7 +179,7 @@ def ensure_bootstrap_key(settings: Settings) -> None:
     auth.create_project(BOOTSTRAP_PROJECT, "Default project")
     if path.exists():
         return
-    with exclusive_transaction():  # one replica makes the key
+    with database.atomic():  # one replica makes the key (the write lock is taken at BEGIN)
         if path.exists():
             return
         _write_private(path, auth.create_key(BOOTSTRAP_PROJECT, "bootstrap"))

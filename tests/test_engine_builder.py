@@ -16,7 +16,7 @@ import pytest
 from codepkg import wheel
 
 from server.engine import Builder, ContainerLimits
-from server.engine.builder import OUTPUT_TAIL_CHARS
+from server.limits import OUTPUT_TAIL
 from server.engine.sandbox import CODE_MOUNT
 
 # Session fixtures shared with the image tests (the images are built once).
@@ -172,7 +172,7 @@ def test_output_keeps_only_the_tail(build):
     files = {"index.js": "", "package.json": node_package(scripts={"install": script})}
     result, _ = build("node-18.0", files, "index.js")
     assert result.ok, result.stderr
-    assert len(result.stdout) == OUTPUT_TAIL_CHARS
+    assert len(result.stdout) == OUTPUT_TAIL
     assert "END-OF-OUTPUT" in result.stdout
 
 

@@ -160,11 +160,10 @@ def test_sqlite_writers_take_turns_in_the_order_they_came():
 
     from server.store.db import FairLock
 
-    lock, order, ready = FairLock(), [], []
+    lock, order = FairLock(), []
     lock.acquire()
 
     def writer(n: int):
-        ready.append(n)
         lock.acquire()
         order.append(n)
         lock.release()

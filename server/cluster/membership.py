@@ -27,7 +27,7 @@ from typing import Awaitable, Callable
 from server.cluster.identity import ReplicaIdentity
 from server.concurrency import Blocking
 from server.jobs.base import Job
-from server.store.db import exclusive_transaction
+from server.store.db import database
 from server.store.models import Replica
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Membership(Job):
             log.warning("took over a dead replica", extra={"dead": dead.id, "by": self.identity.id, **done})
 
     def _claim(self, dead_id: str, cutoff: int) -> dict | None:
-        with exclusive_transaction():
+        with database.atomic():
             if not Replica.take_over(dead_id, cutoff):
                 return None
             return self._take_over(dead_id)

@@ -39,7 +39,7 @@ from server.domain.packages import PackageStore, check_archive
 from server.domain.quotas import StorageQuota
 from server.domain.uploads import ContentRange, FileSink, UploadReader, parse_bool
 from server.store import counts, generation, search
-from server.store.db import database, exclusive_transaction
+from server.store.db import database
 from server.store.lifecycles import BuildStatus, transition
 from server.store.models import Build, Deployment, Function
 from server.store.paging import Page, find_page
@@ -172,7 +172,7 @@ class DeploymentRules:
         chunk = upload.chunk
         for attempt in range(2):  # two first chunks racing to create the row: the loser merges into it
             try:
-                with exclusive_transaction():
+                with database.atomic():
                     dep = Deployment.locked(upload.fn.project, upload.deployment_id)
                     if dep is None:
                         if upload.existing is not None:  # deleted while this chunk was in flight

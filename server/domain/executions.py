@@ -50,13 +50,11 @@ class Runnable:
     deployment: Deployment
     build: Build
     runtime: Runtime
-    packages: PackageStore | None = None
+    packages: PackageStore
 
     @functools.cached_property
     def code_dir(self) -> Path:
         """The build output on this host (fetched first if another host built it: blocking)."""
-        if self.packages is None:
-            return Path(self.build.output_path)
         return self.packages.local_build(self.build.project, self.build.uid)
 
 
@@ -82,8 +80,8 @@ class ExecutionRules:
     catalog: RuntimeCatalog
     limiter: RateLimiter
     max_waiting: int
+    packages: PackageStore
     replica: str = ""  # this replica's id: the owner of the executions it runs
-    packages: PackageStore | None = None
 
     def __post_init__(self):
         # (project, function) -> (changes generation, Runnable): the warm path

@@ -63,7 +63,7 @@ class ExecutionRunner:
 
     async def submit(self, run: Runnable, caller: Caller, data: str) -> Execution:
         execution = await self.write(functools.partial(self.rules.record, run, caller, data, False))
-        self._enqueue(execution.seq)
+        self.enqueue(execution.seq)
         return execution
 
     # ---- the durable queue (worked by jobs) -----------------------------------
@@ -85,18 +85,15 @@ class ExecutionRunner:
         replica's backlog, one that stopped), as many as workers are free."""
         free = self.workers - self._running - self._queue.qsize()
         for seq in await self.write(functools.partial(self.rules.claim_waiting, free, STEAL_AFTER_MS)):
-            self._enqueue(seq, claimed=True)
-
-    def enqueue(self, seq: int) -> None:
-        """Run this waiting execution soon (queued by this replica, e.g. a schedule)."""
-        self._enqueue(seq)
+            self.enqueue(seq, claimed=True)
 
     async def next_queued(self) -> tuple[int, bool]:
         item = await self._queue.get()
         self._queued.discard(item[0])
         return item
 
-    def _enqueue(self, seq: int, claimed: bool = False) -> None:
+    def enqueue(self, seq: int, claimed: bool = False) -> None:
+        """Run this waiting execution soon (`claimed`: this replica claimed it already)."""
         if seq not in self._queued:
             self._queued.add(seq)
             self._queue.put_nowait((seq, claimed))

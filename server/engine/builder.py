@@ -45,14 +45,13 @@ from server.limits import OUTPUT_TAIL
 
 log = logging.getLogger(__name__)
 
-OUTPUT_TAIL_CHARS = OUTPUT_TAIL
 
 
 @dataclass
 class BuildResult:
     ok: bool
-    stdout: str  # the last OUTPUT_TAIL_CHARS characters
-    stderr: str  # the last OUTPUT_TAIL_CHARS characters; ends with the reason of a failure
+    stdout: str  # the last OUTPUT_TAIL characters
+    stderr: str  # the last OUTPUT_TAIL characters; ends with the reason of a failure
     duration: float  # seconds
 
 
@@ -265,4 +264,4 @@ def _append_line(text: str, line: str) -> str:
 
 
 def _tail(text: str) -> str:
-    return text[-OUTPUT_TAIL_CHARS:]
+    return text[-OUTPUT_TAIL:]

@@ -28,15 +28,13 @@ from server.limits import OUTPUT_TAIL
 
 # What a function may answer (FUNCTIONS_RESPONSE_MAX_BYTES), in UTF-8 bytes of the body.
 DEFAULT_RESPONSE_MAX_BYTES = 1048576
-# logs, errors and error are at most this many characters each (runtimes cut them).
-OUTPUT_LIMIT = OUTPUT_TAIL
 
 
 def reply_limit(response_max_bytes: int) -> int:
     """The longest legal reply line: JSON escaping grows a body up to 6x
     (a control character becomes \\u00XX), and three output fields of at most
-    OUTPUT_LIMIT characters (each up to 6 bytes escaped), plus the keys."""
-    return 6 * max(int(response_max_bytes), 0) + 3 * 6 * OUTPUT_LIMIT + 64 * 1024
+    OUTPUT_TAIL characters (each up to 6 bytes escaped), plus the keys."""
+    return 6 * max(int(response_max_bytes), 0) + 3 * 6 * OUTPUT_TAIL + 64 * 1024
 
 
 MAX_REPLY_BYTES = reply_limit(DEFAULT_RESPONSE_MAX_BYTES)

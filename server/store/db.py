@@ -167,8 +167,8 @@ def open_database(url: str, sqlite_path: Path) -> peewee.Database:
             time.sleep(0.1)
     # Replicas start at once: the schema is made and upgraded by one of them,
     # under a lock the others wait for (PostgreSQL: an advisory lock held by
-    # the transaction; SQLite: a write transaction from its first statement).
-    with exclusive_transaction(db):
+    # the transaction; SQLite: every transaction takes the write lock at BEGIN).
+    with db.atomic():
         if isinstance(db, peewee.PostgresqlDatabase):
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         db.create_tables(models.ALL_MODELS, safe=True)
@@ -177,17 +177,6 @@ def open_database(url: str, sqlite_path: Path) -> peewee.Database:
         _migrate(db)
     log.info("database ready", extra={"backend": type(db).__name__, "schema": SCHEMA_VERSION})
     return db
-
-
-def exclusive_transaction(db: peewee.Database | None = None):
-    """A transaction that holds the write lock from its start: on SQLite
-    BEGIN IMMEDIATE (a read-then-write transaction would fail at once,
-    "database is locked", when another process wrote in between); on
-    PostgreSQL an ordinary one (take row locks with `for_update`)."""
-    db = db or database.obj
-    if isinstance(db, peewee.SqliteDatabase):
-        return db.atomic(lock_type="IMMEDIATE")
-    return db.atomic()
 
 
 def checkpoint() -> None:
