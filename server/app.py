@@ -21,11 +21,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from functions.v1 import deployment_pb2, execution_pb2, function_pb2, runtime_pb2
+from functions.v1 import deployment_pb2, event_pb2, execution_pb2, function_pb2, runtime_pb2
 
 from server.api.deployments import DeploymentServicer
+from server.api.events import EventServicer
 from server.api.executions import ExecutionServicer
 from server.api.functions import FunctionServicer
+from server.api.payloads import event_payload
 from server.api.runtimes import RuntimeServicer
 from server.api.services import add_service
 from server import logs
@@ -34,6 +36,7 @@ from server.cluster.membership import Membership
 from server.domain import auth
 from server.domain.builds import BuildQueue
 from server.domain.deployments import DeploymentRules
+from server.domain.events import EventBus
 from server.domain.executions import ExecutionRules
 from server.domain.ratelimit import RateLimiter
 from server.domain.runner import ExecutionRunner
@@ -60,6 +63,7 @@ SERVICE_NAMES = [
     runtime_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name,
     deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
+    event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
 ]
 # Upload pieces from Envoy are at most 1 MiB; gRPC clients may send more.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -83,6 +87,7 @@ class Components:
     deployments: DeploymentRules
     builds: BuildQueue
     executions: ExecutionRules
+    events: EventBus
 
 
 def secure_data_dir(settings: Settings) -> None:
@@ -107,7 +112,9 @@ def build_components(settings: Settings, replica: str = "", replica_index: int =
     engine = Engine.connect(settings, configured, replica_index)
     catalog = RuntimeCatalog(runtimes, allowed=settings.runtimes, is_available=engine.image_available)
     packages = PackageStore(settings.data_dir.resolve(), shared=settings.storage == "database")
-    functions = FunctionRules(catalog=catalog, max_timeout=settings.max_timeout, vars_max_bytes=settings.vars_max_bytes)
+    events = EventBus(payload=event_payload)
+    functions = FunctionRules(catalog=catalog, max_timeout=settings.max_timeout, vars_max_bytes=settings.vars_max_bytes,
+                              events=events)
     quota = StorageQuota(project_bytes=settings.project_storage_mb * MB, pending_uploads=settings.max_pending_uploads,
                          pending_upload_bytes=settings.pending_upload_mb * MB)
     builds = BuildQueue(catalog=catalog, packages=packages, offline=engine.offline_builder, online=engine.online_builder,
@@ -115,14 +122,15 @@ def build_components(settings: Settings, replica: str = "", replica_index: int =
                         workers_count=settings.build_workers, replica=replica)
     deployments = DeploymentRules(
         functions=functions, packages=packages, code_size_limit=settings.code_size_limit,
-        uncompressed_limit=settings.code_uncompressed_limit, build_queued=builds.enqueue, quota=quota,
+        uncompressed_limit=settings.code_uncompressed_limit, build_queued=builds.enqueue, quota=quota, events=events,
     )
     executions = ExecutionRules(functions=functions, catalog=catalog,
                                 limiter=RateLimiter(settings.execution_rate_limit), max_waiting=settings.max_waiting,
-                                replica=replica, packages=packages)
+                                replica=replica, packages=packages, events=events, retries=settings.async_retries)
+    events.executions = executions  # executions emit events, and events queue executions
     ensure_bootstrap_key(settings)
     return Components(settings=settings, engine=engine, catalog=catalog, functions=functions,
-                      deployments=deployments, builds=builds, executions=executions)
+                      deployments=deployments, builds=builds, executions=executions, events=events)
 
 
 def connect_engine_hooks(components: Components, loop: asyncio.AbstractEventLoop) -> None:
@@ -207,6 +215,7 @@ def create_server(components: Components, blocking: Blocking, runner: ExecutionR
         "RuntimeService": (runtime_pb2, RuntimeServicer(components.catalog, **base)),
         "DeploymentService": (deployment_pb2, DeploymentServicer(components.deployments, **base)),
         "ExecutionService": (execution_pb2, ExecutionServicer(components.executions, runner, **base)),
+        "EventService": (event_pb2, EventServicer(components.events, **base)),
     }
     for name, (module, servicer) in servicers.items():
         add_service(server, module.DESCRIPTOR.services_by_name[name], servicer)
@@ -232,7 +241,7 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
     pool = engine.pool
 
     def take_over(dead: str) -> dict:
-        requeued, failed = ExecutionRules.recover(dead)
+        requeued, failed = components.executions.recover(dead)
         return {"executions_requeued": requeued, "executions_failed": failed, "builds_requeued": BuildQueue.requeue_of(dead)}
 
     membership = Membership(identity, settings.lease_seconds, blocking, take_over,
@@ -261,6 +270,7 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
 
     jobs.add(Periodic("schedule-fire", SCHEDULE_TICK, fire_schedules, first=0))
 
+    jobs.add(Periodic("event-retention", 3600.0, components.events.forget_older_than, blocking=blocking))
     jobs.add(Periodic("rate-windows", 60.0, components.executions.limiter.sweep, blocking=blocking))
     if not settings.database_url:
         jobs.add(Periodic("sqlite-checkpoint", 1.0, checkpoint, blocking=blocking))
@@ -298,6 +308,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
         return await asyncio.shield(asyncio.wrap_future(writer.submit(fn)))
 
     runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, write, settings.async_workers)
+    # Executions an event queued on this replica run at once (after the commit, from any thread).
+    components.events.queued = lambda seqs: loop.call_soon_threadsafe(runner.enqueue_all, seqs)
     server, health_servicer = create_server(components, blocking, runner, gateway_secret, identity.address)
     jobs = background_jobs(components, runner, writer, blocking, identity)
     await jobs.start()

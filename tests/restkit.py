@@ -88,3 +88,27 @@ def jwt_for(service, user, teams=(), expires_in=600, secret=None, project="defau
     secret = secret or (service.data_dir / "jwt-secret").read_text().strip()
     body = {"projectId": project, "userId": user, "teams": list(teams), "exp": int(time.time()) + expires_in, **claims}
     return jwt.encode(body, secret)
+
+
+class InProject:
+    """The service seen from another project (its own key): what restkit's
+    helpers need of a service (`url`, `headers()`, `data_dir`)."""
+
+    def __init__(self, service, project: str, key: str):
+        self.service, self.project, self.key = service, project, key
+        self.url, self.data_dir, self.grpc_address = service.url, service.data_dir, service.grpc_address
+
+    def headers(self, project: str | None = None, key: str | None = None) -> dict:
+        return {"X-Appwrite-Project": project or self.project, "X-Appwrite-Key": key if key is not None else self.key}
+
+    def metadata(self) -> tuple:
+        return (("x-appwrite-project", self.project), ("x-appwrite-key", self.key))
+
+
+def new_project(service, prefix: str = "p") -> InProject:
+    """A project of its own, with an all-scopes key: its events reach its functions only."""
+    import uuid
+
+    project = f"{prefix}{uuid.uuid4().hex[:12]}"
+    service.create_project(project)
+    return InProject(service, project, service.create_key(project))

@@ -157,7 +157,9 @@ def test_list_executions_newest_first(service, unique_id):
 
 
 def test_restart_with_executions_waiting_and_running(fresh_service, unique_id):
-    svc = fresh_service(FUNCTIONS_ASYNC_WORKERS="1")
+    """Without retries, an execution a stop cut off ends failed (with them, it
+    runs again: test_crash_recovery)."""
+    svc = fresh_service(FUNCTIONS_ASYNC_WORKERS="1", FUNCTIONS_ASYNC_RETRIES="0")
     fid = deploy(svc, unique_id(), {"main.py": PY_SLEEP}, timeout=60)
     running = execute(svc, fid, data="sleep", is_async=True).json()
     wait_processing(svc, fid, running["$id"])

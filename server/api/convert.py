@@ -66,4 +66,5 @@ def execution(ex: models.Execution) -> execution_pb2.Execution:
         time=ex.time,
         logs=ex.logs,
         errors=ex.errors,
+        attempts=ex.attempts,
     )

@@ -26,6 +26,7 @@ class Scope(str, Enum):
     FUNCTIONS_WRITE = "functions.write"
     EXECUTION_READ = "execution.read"
     EXECUTION_WRITE = "execution.write"
+    EVENTS_WRITE = "events.write"  # publish events (internal services)
 
 
 ALL_SCOPES = tuple(s.value for s in Scope)

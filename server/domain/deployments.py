@@ -33,6 +33,7 @@ from server.domain.errors import (
     missing_argument,
     storage_quota_exceeded,
 )
+from server.domain.events import NO_EVENTS, EventSink
 from server.domain.functions import FunctionRules
 from server.domain.listing import page_request
 from server.domain.packages import PackageStore, check_archive
@@ -67,6 +68,7 @@ class DeploymentRules:
     quota: StorageQuota
     on_delete: list[Callable[[Deployment], None]] = field(default_factory=list)
     on_activate: list[Callable[[Function], None]] = field(default_factory=list)
+    events: EventSink = NO_EVENTS
 
     # ---- reading ----------------------------------------------------------
 
@@ -229,6 +231,8 @@ class DeploymentRules:
                         (Deployment.project == project) & (Deployment.function == dep.function)
                         & (Deployment.uid != dep.uid) & (Deployment.activate == True)  # noqa: E712
                     ).execute()
+                # Once per deployment, when its upload is whole (Appwrite 0.13: every chunk).
+                self.events.emit(project, "functions.deployments.create", dep)
         except Exception:
             package.unlink(missing_ok=True)
             raise
@@ -261,8 +265,11 @@ class DeploymentRules:
             raise build_not_found()
         if build.status is not BuildStatus.READY:
             raise build_not_ready()
-        fn.deployment = dep.uid
-        fn.save()
+        with database.atomic():
+            fn.deployment = dep.uid
+            fn.save()
+            # Appwrite's payload for this route: the function it answers with.
+            self.events.emit(project, "functions.deployments.update", fn)
         generation.bump()
         for hook in self.on_activate:
             hook(fn)
@@ -274,6 +281,7 @@ class DeploymentRules:
             Function.update(deployment="").where(
                 (Function.project == project) & (Function.uid == function_id) & (Function.deployment == dep.uid)
             ).execute()
+            self.events.emit(project, "functions.deployments.delete", dep)  # while its build row tells its status
             if build is not None:
                 build.delete_instance()
             search.unindex(SEARCH_KIND, [dep.seq])
@@ -294,6 +302,8 @@ class DeploymentRules:
         with database.atomic():
             updated = transition(Build, BuildStatus.FAILED, BuildStatus.PROCESSING, Build.seq == build.seq,
                                  stdout="", stderr="", start_time=0, end_time=0, duration=0).execute()
+            if updated:
+                self.events.emit(project, "functions.deployments.update", dep)
         if not updated:
             raise build_not_failed()
         generation.bump()

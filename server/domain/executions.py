@@ -14,6 +14,7 @@ from typing import Protocol
 
 from server.domain import validation as v
 from server.domain.auth import Caller, Scope
+from server.domain.events import NO_EVENTS, EventSink
 from server.domain.errors import (
     build_not_found,
     build_not_ready,
@@ -67,6 +68,7 @@ class Outcome(Protocol):
     errors: str
     error: str
     duration: float  # seconds
+    service_fault: bool  # cut off by the service (its container died, it stopped), not by the function
 
 
 def can_execute(caller: Caller, execute: list[str]) -> bool:
@@ -82,6 +84,9 @@ class ExecutionRules:
     max_waiting: int
     packages: PackageStore
     replica: str = ""  # this replica's id: the owner of the executions it runs
+    events: EventSink = NO_EVENTS
+    # Async executions cut off by a fault of the service run again this many times.
+    retries: int = 2
 
     def __post_init__(self):
         # (project, function) -> (changes generation, Runnable): the warm path
@@ -124,18 +129,19 @@ class ExecutionRules:
     def _load_plan(self, project: str, function_id: str) -> Runnable:
         return self._runnable(self.functions.get(project, function_id), None)
 
-    def environment(self, run: Runnable, caller: Caller, data: str, trigger: str = "http") -> dict[str, str]:
-        """The function's vars under the twelve APPWRITE_FUNCTION_* variables (those win)."""
+    def environment(self, run: Runnable, caller: Caller, data: str, execution: Execution | None = None) -> dict[str, str]:
+        """The function's vars under the twelve APPWRITE_FUNCTION_* variables
+        (those win). `execution`: a queued one (its trigger and event)."""
         return {
             **run.function.vars,
             "APPWRITE_FUNCTION_ID": run.function.uid,
             "APPWRITE_FUNCTION_NAME": run.function.name,
             "APPWRITE_FUNCTION_DEPLOYMENT": run.deployment.uid,
-            "APPWRITE_FUNCTION_TRIGGER": trigger,
+            "APPWRITE_FUNCTION_TRIGGER": execution.trigger if execution else "http",
             "APPWRITE_FUNCTION_RUNTIME_NAME": run.runtime.name,
             "APPWRITE_FUNCTION_RUNTIME_VERSION": run.runtime.version,
-            "APPWRITE_FUNCTION_EVENT": "",
-            "APPWRITE_FUNCTION_EVENT_DATA": "",
+            "APPWRITE_FUNCTION_EVENT": execution.event if execution else "",
+            "APPWRITE_FUNCTION_EVENT_DATA": execution.event_data if execution else "",
             "APPWRITE_FUNCTION_DATA": data,
             "APPWRITE_FUNCTION_PROJECT_ID": run.function.project,
             "APPWRITE_FUNCTION_USER_ID": caller.user_id,
@@ -145,30 +151,56 @@ class ExecutionRules:
     def record(self, run: Runnable, caller: Caller, data: str, sync: bool) -> Execution:
         """Store a new execution: `processing` for a sync run about to start
         (so a crash leaves a record, never nothing), else `waiting` (the
-        async queue; 429 past max_waiting)."""
+        async queue; 429 past max_waiting). A sync execution's
+        `functions.executions.create` is emitted when it ends (its payload is
+        the finished execution, as the caller gets it): one that never ran is
+        discarded and was never created."""
         with database.atomic():
             if not sync and Execution.waiting_in(caller.project) >= self.max_waiting:
                 raise rate_limited("Too many executions waiting; retry later.")
-            return self._insert(run, trigger="http", data=data, user_id=caller.user_id, sync=sync)
+            ex = self._insert(run.function, run.deployment.uid, trigger="http", data=data, user_id=caller.user_id,
+                              status=ExecutionStatus.PROCESSING if sync else ExecutionStatus.WAITING)
+            if not sync:
+                self._emit("functions.executions.create", ex)
+            return ex
 
-    def record_triggered(self, run: Runnable, trigger: str, data: str = "") -> Execution:
-        """Queue an execution no caller asked for (a schedule): no user,
-        `$read: []`, waiting in the async queue. Not limited by max_waiting:
-        a fire is never refused."""
-        return self._insert(run, trigger=trigger, data=data, user_id="", sync=False)
+    def record_triggered(self, run: Runnable, trigger: str, data: str = "", *, user_id: str = "", event: str = "",
+                         event_data: str = "", chain: str = "", depth: int = 0) -> Execution:
+        """Queue an execution no caller asked for (a schedule, an event):
+        `$read` of its user if any, waiting in the async queue. Not limited by
+        max_waiting: a fire or an event is never refused. Inside the caller's
+        transaction."""
+        ex = self._insert(run.function, run.deployment.uid, trigger=trigger, data=data, user_id=user_id,
+                          status=ExecutionStatus.WAITING, event=event, event_data=event_data, chain=chain, depth=depth)
+        self._emit("functions.executions.create", ex)
+        return ex
 
-    def _insert(self, run: Runnable, *, trigger: str, data: str, user_id: str, sync: bool) -> Execution:
+    def record_refused(self, fn: Function, message: str, *, user_id: str, event: str, event_data: str, chain: str,
+                       depth: int) -> Execution:
+        """An event-triggered execution that will not run (the loop limit):
+        failed at once, saying why, and emitting nothing."""
+        return self._insert(fn, fn.deployment, trigger="event", data="", user_id=user_id, status=ExecutionStatus.FAILED,
+                            event=event, event_data=event_data, chain=chain, depth=depth, stderr=message)
+
+    def _insert(self, fn: Function, deployment: str, *, trigger: str, data: str, user_id: str, status: ExecutionStatus,
+                event: str = "", event_data: str = "", chain: str = "", depth: int = 0, stderr: str = "") -> Execution:
+        sync = status is ExecutionStatus.PROCESSING
+        uid = v.new_id()
         row = dict(
-            project=run.function.project, uid=v.new_id(), function=run.function.uid, deployment=run.deployment.uid,
+            project=fn.project, uid=uid, function=fn.uid, deployment=deployment,
             read=[f"user:{user_id}"] if user_id else [], trigger=trigger, data=data,
             user_id=user_id, date_created=int(time.time()),
-            status=ExecutionStatus.PROCESSING if sync else ExecutionStatus.WAITING, run_started=_now_ms() if sync else 0,
-            owner=self.replica if sync else "",
-            status_code=0, stdout="", stderr="", logs="", errors="", time=0.0,
+            status=status, run_started=_now_ms() if sync else 0, owner=self.replica if sync else "",
+            status_code=0, stdout="", stderr=stderr, logs="", errors="", time=0.0,
+            event=event, event_data=event_data, chain=chain or uid, depth=depth, attempts=1 if sync else 0, run_after=0,
+            sync=sync,
         )
         seq = statements.insert(Execution, row)
-        counts.adjust(SEARCH_KIND, run.function.project, run.function.uid, 1)
+        counts.adjust(SEARCH_KIND, fn.project, fn.uid, 1)
         return Execution(seq=seq, **row)
+
+    def _emit(self, name: str, ex: Execution) -> None:
+        self.events.emit(ex.project, name, ex, ex.user_id, cause=ex)
 
     def discard(self, ex: Execution) -> None:
         """Remove a sync execution whose function never ran (the caller got an error instead)."""
@@ -180,7 +212,7 @@ class ExecutionRules:
     def claim(self, seq: int) -> Execution | None:
         """waiting -> processing, atomically; None if another worker took it or it is gone."""
         claimed = transition(Execution, ExecutionStatus.WAITING, ExecutionStatus.PROCESSING, Execution.seq == seq,
-                             owner=self.replica).execute()
+                             Execution.run_after <= _now_ms(), owner=self.replica).execute()
         return Execution.get_or_none(Execution.seq == seq) if claimed else None
 
     def claim_waiting(self, limit: int, older_than_ms: int) -> list[int]:
@@ -193,6 +225,7 @@ class ExecutionRules:
         cutoff = int(time.time()) - older_than_ms // 1000
         oldest = skip_locked(Execution.select(Execution.seq).where(
             (Execution.status == ExecutionStatus.WAITING) & (Execution.date_created <= cutoff)
+            & (Execution.run_after <= _now_ms())
         ).order_by(Execution.seq).limit(limit))
         rows = transition(Execution, ExecutionStatus.WAITING, ExecutionStatus.PROCESSING, Execution.seq.in_(oldest),
                           owner=self.replica).returning(Execution.seq).execute()
@@ -203,37 +236,76 @@ class ExecutionRules:
                                      & (Execution.status == ExecutionStatus.PROCESSING))
 
     def mark_started(self, ex: Execution) -> None:
-        """The function is about to get its request: from now on a crash fails it."""
-        Execution.update(run_started=_now_ms()).where((Execution.seq == ex.seq) & self._still_mine()).execute()
+        """The function is about to get its request: one more attempt; from
+        now on a crash of the service fails it or runs it again."""
+        Execution.update(run_started=_now_ms(), attempts=Execution.attempts + 1).where(
+            (Execution.seq == ex.seq) & self._still_mine()).execute()
+        ex.attempts += 1
 
-    def finish(self, ex: Execution, outcome: Outcome) -> Execution:
+    def finish(self, ex: Execution, outcome: Outcome, sync: bool = False) -> Execution:
         status, fields = _outcome_status(outcome), _outcome_fields(outcome)
-        transition(Execution, ExecutionStatus.PROCESSING, status, Execution.seq == ex.seq, self._still_mine(), **fields).execute()
+        moved = transition(Execution, ExecutionStatus.PROCESSING, status, Execution.seq == ex.seq, self._still_mine(),
+                           **fields).execute()
         ex.status = status
         for name, value in fields.items():
             setattr(ex, name, value)
+        if moved:
+            if sync:
+                self._emit("functions.executions.create", ex)
+            self._emit("functions.executions.update", ex)
         return ex
 
     def fail(self, ex: Execution, message: str, status_code: int = 500) -> None:
-        transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.seq == ex.seq, self._still_mine(),
-                   status_code=status_code, stderr=message[-OUTPUT_TAIL:]).execute()
+        moved = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.seq == ex.seq,
+                           self._still_mine(), status_code=status_code, stderr=message[-OUTPUT_TAIL:]).execute()
+        if moved:
+            ex.status, ex.status_code, ex.stderr = ExecutionStatus.FAILED, status_code, message[-OUTPUT_TAIL:]
+            self._emit("functions.executions.update", ex)
+
+    def retry_or_fail(self, ex: Execution, message: str, count_attempt: bool) -> float | None:
+        """An async execution cut off by the service (not by its function):
+        back to the queue after a backoff while attempts remain (returns the
+        delay in seconds), else failed with `message` (returns None).
+        `count_attempt`: the function never got it, but the try counts (a
+        container that keeps refusing must not retry for ever)."""
+        if count_attempt:
+            Execution.update(attempts=Execution.attempts + 1).where((Execution.seq == ex.seq) & self._still_mine()).execute()
+            ex.attempts += 1
+        if ex.attempts > self.retries:
+            self.fail(ex, f"{message} (gave up after {ex.attempts} attempts)")
+            return None
+        delay = retry_delay(ex.attempts)
+        transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.WAITING, Execution.seq == ex.seq,
+                   self._still_mine(), owner="", run_started=0, run_after=_now_ms() + int(delay * 1000)).execute()
+        return delay
 
     def _still_mine(self):
         """A replica that lost its lease (taken over as dead) no longer writes
         what it ran: the execution was queued again or failed by another."""
         return Execution.owner == self.replica
 
-    @staticmethod
-    def recover(owner: str) -> tuple[int, int]:
+    def recover(self, owner: str) -> tuple[int, int]:
         """The executions a stopped replica (`owner`) was running: claimed but
-        never started ones go back to the queue; those whose function had
-        started end failed. Returns (queued again, failed). Inside the
-        caller's transaction, if any."""
+        never started ones go back to the queue, and so do started async ones
+        with attempts left (after a backoff); the others end failed. Returns
+        (queued again, failed). Inside the caller's transaction, if any."""
+        requeued = failed = 0
         with database.atomic():
-            requeued = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.WAITING,
-                                  Execution.owner == owner, Execution.run_started == 0, owner="").execute()
-            failed = transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.owner == owner,
-                                status_code=500, stderr="Execution interrupted: the service stopped while it ran.").execute()
+            requeued += transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.WAITING,
+                                   Execution.owner == owner, Execution.run_started == 0, owner="").execute()
+            cut_off = Execution.select().where((Execution.owner == owner) & (Execution.status == ExecutionStatus.PROCESSING))
+            for ex in cut_off:
+                if not ex.sync and ex.attempts <= self.retries:
+                    transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.WAITING, Execution.seq == ex.seq,
+                               owner="", run_started=0, run_after=_now_ms() + int(retry_delay(ex.attempts) * 1000)).execute()
+                    requeued += 1
+                    continue
+                message = "Execution interrupted: the service stopped while it ran."
+                if transition(Execution, ExecutionStatus.PROCESSING, ExecutionStatus.FAILED, Execution.seq == ex.seq,
+                              status_code=500, stderr=message).execute():
+                    ex.status, ex.status_code, ex.stderr = ExecutionStatus.FAILED, 500, message
+                    self._emit("functions.executions.update", ex)
+                    failed += 1
         return requeued, failed
 
     def runnable_for(self, ex: Execution) -> Runnable:
@@ -304,6 +376,11 @@ def _id_word_matches(function_id: str, word: str) -> pw.Expression:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before an execution cut off by the service runs again: 2, 4, 8 … at most 60."""
+    return float(min(60, 2 ** attempts))
 
 
 def _outcome_status(outcome: Outcome) -> ExecutionStatus:

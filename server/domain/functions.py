@@ -11,12 +11,12 @@ import peewee as pw
 
 from server.domain import validation as v
 from server.domain.errors import function_already_exists, function_not_found
-from server.domain.events import EVENT_NAMES
+from server.domain.events import EVENT_NAMES, NO_EVENTS, EventSink
 from server.domain.listing import page_request
 from server.domain.runtimes import RuntimeCatalog
 from server.store import counts, generation, search
 from server.store.db import database
-from server.store.models import Build, Deployment, Execution, Function
+from server.store.models import Build, Deployment, Execution, Function, Subscription
 from server.store.paging import Page, find_page
 
 SEARCH_KIND = "function"
@@ -45,6 +45,7 @@ class FunctionRules:
     # Called inside the delete transaction's aftermath with the function and
     # its deployments (remove packages, stop containers, ...).
     on_delete: list[Callable[[Function, list[Deployment]], None]] = field(default_factory=list)
+    events: EventSink = NO_EVENTS
 
     def _validated(self, data: FunctionInput, runtime: str | None = None) -> dict:
         """Checks in Appwrite's parameter order; `runtime` only on create."""
@@ -73,6 +74,8 @@ class FunctionRules:
                 )
                 _index(fn)
                 counts.adjust(SEARCH_KIND, project, "", 1)
+                Subscription.replace(project, uid, fn.events)
+                self.events.emit(project, "functions.create", fn)
         except pw.IntegrityError:
             raise function_already_exists() from None
         return fn
@@ -104,6 +107,8 @@ class FunctionRules:
             fn.schedule_next = _next_run(fn.schedule)
             fn.save()
             _index(fn)
+            Subscription.replace(project, fn.uid, fn.events)
+            self.events.emit(project, "functions.update", fn)
         generation.bump()
         return fn
 
@@ -122,7 +127,9 @@ class FunctionRules:
             counts.drop("deployment", project, fn.uid)
             counts.drop("execution", project, fn.uid)
             counts.adjust(SEARCH_KIND, project, "", -1)
+            Subscription.replace(project, fn.uid, [])
             fn.delete_instance()
+            self.events.emit(project, "functions.delete", fn)
         generation.bump()
         for hook in self.on_delete:
             hook(fn, deployments)

@@ -59,7 +59,7 @@ class ExecutionRunner:
         except EngineError:  # refused before the function ran (busy, shutting down): no record
             await self.write(functools.partial(self.rules.discard, execution))
             raise
-        return await self.write(functools.partial(self.rules.finish, execution, outcome))
+        return await self.write(functools.partial(self.rules.finish, execution, outcome, True))
 
     async def submit(self, run: Runnable, caller: Caller, data: str) -> Execution:
         execution = await self.write(functools.partial(self.rules.record, run, caller, data, False))
@@ -92,6 +92,10 @@ class ExecutionRunner:
         self._queued.discard(item[0])
         return item
 
+    def enqueue_all(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            self.enqueue(seq)
+
     def enqueue(self, seq: int, claimed: bool = False) -> None:
         """Run this waiting execution soon (`claimed`: this replica claimed it already)."""
         if seq not in self._queued:
@@ -117,14 +121,28 @@ class ExecutionRunner:
             return
         caller = Caller(project=execution.project, role="member" if execution.user_id else "guest",
                         scopes=frozenset(), user_id=execution.user_id)
-        env = self.rules.environment(run, caller, execution.data, trigger=execution.trigger)
+        env = self.rules.environment(run, caller, execution.data, execution)
+        started = False
 
-        async def started() -> None:
+        async def on_start() -> None:
+            nonlocal started
+            started = True
             await self.write(functools.partial(self.rules.mark_started, execution))
 
         try:
-            outcome = await self.invoke(run, execution.data, env, float(run.function.timeout), on_start=started)
+            outcome = await self.invoke(run, execution.data, env, float(run.function.timeout), on_start=on_start)
         except EngineError as error:
-            await self.write(functools.partial(self.rules.fail, execution, f"Execution failed: {error}"))
+            await self._retry_or_fail(execution, f"Execution failed: {error}", count_attempt=not started)
+            return
+        if outcome.service_fault:
+            await self._retry_or_fail(execution, outcome.error or "Execution failed: the runtime stopped.",
+                                      count_attempt=not started)
             return
         await self.write(functools.partial(self.rules.finish, execution, outcome))
+
+    async def _retry_or_fail(self, execution: Execution, message: str, count_attempt: bool) -> None:
+        delay = await self.write(functools.partial(self.rules.retry_or_fail, execution, message, count_attempt))
+        if delay is not None:
+            log.warning("execution cut off by the service: it runs again", extra={
+                "execution": execution.uid, "attempts": execution.attempts, "delay_seconds": delay, "reason": message})
+            asyncio.get_running_loop().call_later(delay + 0.05, self.enqueue, execution.seq)

@@ -62,6 +62,10 @@ class InvocationResult:
     duration: float  # seconds, wall clock of the whole invocation (waiting, starting, loading, running)
     timed_out: bool = False
     out_of_memory: bool = False
+    # The service cut it off, not the function: the runtime would not start,
+    # its container was removed or died without the function's doing (not
+    # out of memory). Async executions run again (FUNCTIONS_ASYNC_RETRIES).
+    service_fault: bool = False
 
 
 _counter = itertools.count(1)

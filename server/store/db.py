@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 database = peewee.DatabaseProxy()
 
 # Bump when a migration is added to _MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Any number for pg_advisory_xact_lock: "functions" in ASCII.
 SCHEMA_LOCK_KEY = 0x66756E6374696F6E
 
@@ -171,10 +171,13 @@ def open_database(url: str, sqlite_path: Path) -> peewee.Database:
     with db.atomic():
         if isinstance(db, peewee.PostgresqlDatabase):
             db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        # Existing databases are migrated first: create_tables also adds
+        # missing indexes, which may be on columns a migration adds.
+        if db.table_exists(models.SchemaVersion._meta.table_name):
+            _migrate(db)
         db.create_tables(models.ALL_MODELS, safe=True)
         models.SchemaVersion.get_or_create(id=1, defaults={"version": SCHEMA_VERSION})
         models.Generation.get_or_create(id=1, defaults={"value": 0})
-        _migrate(db)
     log.info("database ready", extra={"backend": type(db).__name__, "schema": SCHEMA_VERSION})
     return db
 
@@ -201,7 +204,9 @@ def _migrate(db: peewee.Database) -> None:
     """Apply migrations newer than the stored schema version, in order."""
     from server.store.models import SchemaVersion
 
-    row = SchemaVersion.get_by_id(1)
+    row = SchemaVersion.get_or_none(SchemaVersion.id == 1)
+    if row is None:
+        return  # made but never stamped: create_tables completes it
     for version in range(row.version + 1, SCHEMA_VERSION + 1):
         for step in _MIGRATIONS.get(version, ()):
             step(db)
@@ -229,10 +234,31 @@ def _add_owners(db: peewee.Database) -> None:
     )
 
 
+def _add_triggers(db: peewee.Database) -> None:
+    """Event and retry columns of executions; subscriptions of existing functions."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    from server.store.models import Function, Subscription
+
+    migrator = SchemaMigrator.from_database(db)
+    migrate(
+        migrator.add_column("execution", "event", peewee.CharField(max_length=64, default="")),
+        migrator.add_column("execution", "event_data", peewee.TextField(default="")),
+        migrator.add_column("execution", "chain", peewee.CharField(max_length=36, default="")),
+        migrator.add_column("execution", "depth", peewee.IntegerField(default=0)),
+        migrator.add_column("execution", "attempts", peewee.IntegerField(default=0)),
+        migrator.add_column("execution", "run_after", peewee.BigIntegerField(default=0)),
+        migrator.add_column("execution", "sync", peewee.BooleanField(default=False)),
+    )
+    Subscription.create_table(safe=True)
+    for fn in Function.select(Function.project, Function.uid, Function.events):
+        Subscription.replace(fn.project, fn.uid, fn.events)
+
+
 # version -> list of callables(db). create_tables(safe=True) creates new tables
 # and missing indexes, also of existing tables (a new database starts at
 # SCHEMA_VERSION); migrations only handle changes to existing columns.
-_MIGRATIONS: dict[int, list] = {2: [_add_run_started_and_output_bytes], 3: [_add_owners]}
+_MIGRATIONS: dict[int, list] = {2: [_add_run_started_and_output_bytes], 3: [_add_owners], 4: [_add_triggers]}
 
 
 def close_database() -> None:

@@ -176,12 +176,28 @@ class Execution(ProjectResource):
     data = pw.TextField(default="")
     user_id = pw.CharField(max_length=36, default="")
     date_created = pw.BigIntegerField()
+    # Event-triggered executions: the event's name and JSON payload
+    # (APPWRITE_FUNCTION_EVENT / _EVENT_DATA).
+    event = pw.CharField(max_length=64, default="")
+    event_data = pw.TextField(default="")
+    # Causality (server.domain.events): `chain` is the ID of what started a
+    # chain of executions and events (this execution's own uid for one a
+    # client or a schedule started), `depth` how many event hops led here.
+    chain = pw.CharField(max_length=36, default="")
+    depth = pw.IntegerField(default=0)
+    # Times the function was handed this execution (or a container refused
+    # it); async ones cut off by a fault of the service run again until
+    # FUNCTIONS_ASYNC_RETRIES is spent, no earlier than `run_after` (Unix ms).
+    attempts = pw.IntegerField(default=0)
+    run_after = pw.BigIntegerField(default=0)
+    sync = pw.BooleanField(default=False)  # the caller waits for it (never run again: they got an error)
 
     class Meta:
         indexes = (
             (("project", "uid"), True),
             (("project", "function", "seq"), False),
             (("status", "seq"), False),
+            (("chain", "function"), False),
         )
 
     @classmethod
@@ -189,6 +205,51 @@ class Execution(ProjectResource):
         """How many of the project's executions wait in the async queue."""
         return cls.select().where((cls.project == project) & (cls.status == ExecutionStatus.WAITING)).count()
 
+
+
+class Subscription(BaseModel):
+    """Function `function` of `project` subscribes to `event`: the index an
+    event's fan-out reads, kept in step with Function.events."""
+
+    project = pw.CharField(max_length=36)
+    event = pw.CharField(max_length=64)
+    function = pw.CharField(max_length=36)
+
+    class Meta:
+        primary_key = pw.CompositeKey("project", "event", "function")
+
+    @classmethod
+    def functions_of(cls, project: str, event: str) -> list[str]:
+        return [row.function for row in cls.select(cls.function).where((cls.project == project) & (cls.event == event))]
+
+    @classmethod
+    def replace(cls, project: str, function: str, events: list[str]) -> None:
+        """The function's subscriptions are now `events` (inside the caller's transaction)."""
+        cls.delete().where((cls.project == project) & (cls.function == function)).execute()
+        rows = [dict(project=project, event=event, function=function) for event in sorted(set(events))]
+        if rows:
+            cls.insert_many(rows).execute()
+
+
+class Event(BaseModel):
+    """An event an internal service published (PublishEvent). Unique per
+    (project, source, source_id): a publisher that retries is told it was a
+    duplicate, and nothing runs twice (CloudEvents' `source` + `id`)."""
+
+    seq = pw.AutoField()
+    project = pw.CharField(max_length=36)
+    uid = pw.CharField(max_length=36)
+    name = pw.CharField(max_length=64)
+    source = pw.CharField(max_length=255)
+    source_id = pw.CharField(max_length=255)
+    data = pw.TextField(default="")
+    user_id = pw.CharField(max_length=36, default="")
+    depth = pw.IntegerField(default=0)
+    matched = pw.IntegerField(default=0)  # executions queued for it
+    date_created = pw.BigIntegerField()
+
+    class Meta:
+        indexes = ((("project", "source", "source_id"), True), (("date_created",), False))
 
 
 class SearchToken(BaseModel):
@@ -290,5 +351,5 @@ class BlobPart(BaseModel):
         primary_key = pw.CompositeKey("key", "part")
 
 
-ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, SearchToken, ListCount,
-              Replica, Generation, RateWindow, BlobPart]
+ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, Subscription, Event, SearchToken,
+              ListCount, Replica, Generation, RateWindow, BlobPart]

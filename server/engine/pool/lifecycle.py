@@ -83,13 +83,13 @@ class Lifecycle:
             self.discard(c, "aborted")
             if self.registry.closed:
                 raise PoolClosed("the pool is stopping") from None
-            return failed("Execution failed: the runtime container was removed while starting.")
+            return failed("Execution failed: the runtime container was removed while starting.", service_fault=True)
         except self._start_errors as exc:
             self.discard(c, f"start failed: {exc}")
             if self.registry.closed:
                 raise PoolClosed("the pool is stopping") from None
             log.warning("runtime container failed to start", extra={"container": c.name, "runtime": c.runtime.id, "error": str(exc)})
-            return failed(f"Execution failed: could not start the runtime: {exc}")
+            return failed(f"Execution failed: could not start the runtime: {exc}", service_fault=True)
         except BaseException:
             self.discard(c, "cancelled while loading")
             raise
@@ -99,7 +99,7 @@ class Lifecycle:
         if c.state is not State.LOADING:  # stopped or forgotten meanwhile
             if self.registry.closed:
                 raise PoolClosed("the pool is stopping")
-            return failed("Execution failed: the runtime container was removed while loading.")
+            return failed("Execution failed: the runtime container was removed while loading.", service_fault=True)
         return None
 
     # -- starting ----------------------------------------------------------------
@@ -189,7 +189,7 @@ class Lifecycle:
                 error = f"Execution failed: the runtime stopped unexpectedly ({exc}; {diag_exc})."
             finally:
                 self.spawn(self._remove(c))
-        return InvocationResult(500, "", "", "", error, time.monotonic() - started, out_of_memory=oom)
+        return InvocationResult(500, "", "", "", error, time.monotonic() - started, out_of_memory=oom, service_fault=not oom)
 
     # -- stem cells ----------------------------------------------------------------
 
