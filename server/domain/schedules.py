@@ -8,9 +8,9 @@ queues the execution. Two replicas that see the same fire time cannot both
 win; a PUT that changed the schedule changed `schedule_next` too, so the old
 chain cannot fire again.
 
-A fire time more than `catchup` seconds late (the service was down) is
-skipped; the most recent missed one within `catchup` runs once, and the
-chain restarts from now. A fire with no active, ready deployment is skipped
+After downtime only the most recent missed fire time counts: it runs once
+if it is at most `catchup` seconds late, else it is skipped too; either way
+the chain restarts from now. A fire with no active, ready deployment is skipped
 and logged. Executions are queued like async ones (trigger `schedule`, no
 user, `$read: []`), so the durable queue runs them and recovers them.
 """
@@ -51,18 +51,24 @@ class Scheduler:
         return queued
 
     def _fire(self, fn: Function, now: float) -> int | None:
-        fire_time = fn.schedule_next
+        seen_next = fn.schedule_next
+        # After downtime several fire times may have passed: the most recent
+        # one is the fire (if it is not too late), the older ones are skipped.
+        fire_time = max(seen_next, v.last_run(fn.schedule, now))
         late = now - fire_time
         with database.atomic():
             won = Function.update(schedule_previous=fire_time if late <= self.catchup else fn.schedule_previous,
                                   schedule_next=v.next_run(fn.schedule, now)).where(
-                (Function.seq == fn.seq) & (Function.schedule_next == fire_time)).execute()
+                (Function.seq == fn.seq) & (Function.schedule_next == seen_next)).execute()
             if not won:
                 return None  # another replica fired it, or the schedule changed
             if late > self.catchup:
                 log.warning("schedule fire skipped: too late", extra={"function": fn.uid, "project": fn.project,
                                                                       "fire_time": fire_time, "late_seconds": round(late)})
                 return None
+            if fire_time > seen_next:
+                log.warning("schedule fires missed while the service was down: the latest runs", extra={
+                    "function": fn.uid, "project": fn.project, "first_missed": seen_next, "fire_time": fire_time})
             try:
                 run = self.executions.runnable_for_active(fn)
             except ApiError as error:

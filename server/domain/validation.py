@@ -107,3 +107,8 @@ def cron(name: str, value: str) -> str:
 def next_run(schedule: str, now: float | None = None) -> int:
     """Unix seconds of the next run of `schedule` after `now` (UTC)."""
     return int(croniter(schedule, time.time() if now is None else now).get_next(float))
+
+
+def last_run(schedule: str, now: float) -> int:
+    """Unix seconds of the latest run of `schedule` at or before `now` (UTC)."""
+    return int(croniter(schedule, now + 1).get_prev(float))
