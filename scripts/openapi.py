@@ -98,6 +98,20 @@ EXCEPTIONS: dict[str, dict] = {
         },
         "errors": ERRORS_BODY,
     },
+    # Server streaming: Envoy sends each message as a Server-Sent Event.
+    **{f"functions.v1.LogService.{name}": {
+        "parameters": [
+            *([{"name": "follow", "in": "query", "required": False, "schema": {"type": "boolean"},
+                "description": "Keep the stream open until the run ends (default true); false returns what exists and ends."},
+               {"name": "sinceSeq", "in": "query", "required": False,
+                "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295},
+                "description": "Resume after this line number."}] if resumable else []),
+        ],
+        "responses": {"200": {
+            "description": "Server-Sent Events, one `data: <LogMessage JSON>` per message; the last one has type `end`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }},
+    } for name, resumable in (("StreamExecutionLogs", True), ("StreamFunctionLogs", False), ("StreamBuildLogs", True))},
 }
 
 # Well-known types as the protobuf JSON mapping prints them.

@@ -10,6 +10,7 @@ on a bounded thread pool (`Blocking`), so it never stalls the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -21,12 +22,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from functions.v1 import deployment_pb2, event_pb2, execution_pb2, function_pb2, runtime_pb2
+from functions.v1 import deployment_pb2, event_pb2, execution_pb2, function_pb2, log_pb2, runtime_pb2
 
 from server.api.deployments import DeploymentServicer
 from server.api.events import EventServicer
 from server.api.executions import ExecutionServicer
 from server.api.functions import FunctionServicer
+from server.api.logs import LogServicer
 from server.api.payloads import event_payload
 from server.api.runtimes import RuntimeServicer
 from server.api.services import add_service
@@ -37,6 +39,8 @@ from server.domain import auth
 from server.domain.builds import BuildQueue
 from server.domain.deployments import DeploymentRules
 from server.domain.events import EventBus
+from server.domain.livelogs import LogHub, ThreadedLog, store_lines
+from server.domain.logstreams import LogStreams
 from server.domain.executions import ExecutionRules
 from server.domain.ratelimit import RateLimiter
 from server.domain.runner import ExecutionRunner
@@ -64,6 +68,7 @@ SERVICE_NAMES = [
     deployment_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name,
     event_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    log_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
 ]
 # Upload pieces from Envoy are at most 1 MiB; gRPC clients may send more.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -71,9 +76,10 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # adds its own; grpc's default soft limit of 8 KiB refused some of them at
 # random with RESOURCE_EXHAUSTED (HTTP 429).
 MAX_METADATA_BYTES = 128 * 1024
-SCHEDULE_TICK = 0.25  # seconds between looks for due CRON fires (one indexed read): a fire starts well within 1 s
+SCHEDULE_TICK = 0.05  # seconds after a look for due CRON fires before waiting for the next whole second
 EXECUTION_SWEEP_INTERVAL = 5.0  # seconds: waiting executions whose wake-up was lost still run
 STOP_TIMEOUT = 30.0  # seconds the background jobs get to stop
+LOG_FLUSH_INTERVAL = 0.1  # seconds between batched inserts of printed lines (replay, other replicas)
 
 
 @dataclass
@@ -216,6 +222,8 @@ def create_server(components: Components, blocking: Blocking, runner: ExecutionR
         "DeploymentService": (deployment_pb2, DeploymentServicer(components.deployments, **base)),
         "ExecutionService": (execution_pb2, ExecutionServicer(components.executions, runner, **base)),
         "EventService": (event_pb2, EventServicer(components.events, **base)),
+        "LogService": (log_pb2, LogServicer(LogStreams(runner.logs, blocking), components.executions,
+                                            components.deployments, **base)),
     }
     for name, (module, servicer) in servicers.items():
         add_service(server, module.DESCRIPTOR.services_by_name[name], servicer)
@@ -265,11 +273,18 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
     scheduler = Scheduler(components.executions, catchup=settings.schedule_catchup)
 
     async def fire_schedules() -> None:
+        await asyncio.sleep(scheduler.until_next_look())
         for seq in await blocking(scheduler.fire_due):
             runner.enqueue(seq)  # this replica fired it: it runs it at once
 
     jobs.add(Periodic("schedule-fire", SCHEDULE_TICK, fire_schedules, first=0))
 
+    async def flush_logs() -> None:
+        rows = runner.logs.take_unflushed()
+        if rows:
+            await asyncio.wrap_future(writer.submit(functools.partial(store_lines, rows)))
+
+    jobs.add(Periodic("log-flush", LOG_FLUSH_INTERVAL, flush_logs))
     jobs.add(Periodic("event-retention", 3600.0, components.events.forget_older_than, blocking=blocking))
     jobs.add(Periodic("rate-windows", 60.0, components.executions.limiter.sweep, blocking=blocking))
     if not settings.database_url:
@@ -307,7 +322,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None, stop: as
         # Shielded: a caller that hangs up must not cancel a write of work already done.
         return await asyncio.shield(asyncio.wrap_future(writer.submit(fn)))
 
-    runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, write, settings.async_workers)
+    hub = LogHub()
+    runner = ExecutionRunner(components.executions, components.engine.invoke, blocking, write, settings.async_workers,
+                             logs=hub)
+    components.builds.live = ThreadedLog(hub, loop, lambda rows: write(functools.partial(store_lines, rows)))
     # Executions an event queued on this replica run at once (after the commit, from any thread).
     components.events.queued = lambda seqs: loop.call_soon_threadsafe(runner.enqueue_all, seqs)
     server, health_servicer = create_server(components, blocking, runner, gateway_secret, identity.address)

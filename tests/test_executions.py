@@ -168,7 +168,8 @@ def test_restart_with_executions_waiting_and_running(fresh_service, unique_id):
     assert svc.stop() == 0
     svc.start()
     cut_off, _ = wait_execution(svc, fid, running["$id"])
-    assert cut_off["status"] == "failed" and "interrupted" in cut_off["stderr"]
+    # Failed by the stopping service itself, or at the restart if that write did not make it.
+    assert cut_off["status"] == "failed" and ("interrupted" in cut_off["stderr"] or "shutting down" in cut_off["stderr"])
     for w in waiting:
         final, _ = wait_execution(svc, fid, w["$id"])
         assert final["status"] == "completed" and final["stdout"] == "awake"

@@ -277,6 +277,92 @@ module.exports = async (req, res) => {
 RUNTIMES["python"]["samples"]["hostile"] = {"main.py": PYTHON_HOSTILE}
 RUNTIMES["node"]["samples"]["hostile"] = {"index.js": NODE_HOSTILE}
 
+# Output for live executions ("live": true): what each action writes, on which fd, when.
+PYTHON_LIVE = r'''
+import os, subprocess, sys, time
+
+
+def main(req, res):
+    action = req.headers.get("x-action", "")
+    if action == "slow":
+        print("first")
+        sys.stderr.write("err-1\n")
+        time.sleep(0.3)
+        print("second")
+        sys.stderr.write("err-2\n")
+        time.sleep(0.3)
+        return res.send("done")
+    if action == "child":
+        subprocess.run(["sh", "-c", "echo child; echo child-err >&2"])
+        return res.send("ok")
+    if action == "bytes":
+        os.write(1, b"\xff\xfeok\n")
+        return res.send("ok")
+    if action == "long":  # no newline: two whole pieces at once, the rest at the end
+        os.write(1, ("0123456789" * 4000).encode())
+        time.sleep(0.3)
+        return res.send("ok")
+    if action == "exact":  # a whole piece, later the newline that ends its line
+        os.write(1, b"y" * 16384)
+        time.sleep(0.1)
+        os.write(1, b"\nz\n")
+        return res.send("ok")
+    if action == "unterminated":
+        os.write(1, b"first\nlast")
+        os.write(2, b"no newline")
+        return res.send("ok")
+    if action == "many":
+        for i in range(10000):
+            print(i)
+        return res.send("ok")
+    return res.send("unknown action " + action, 400)
+'''
+
+NODE_LIVE = r'''
+const fs = require('fs');
+const cp = require('child_process');
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+module.exports = async (req, res) => {
+  switch (req.headers['x-action'] || '') {
+    case 'slow':
+      console.log('first');
+      console.error('err-1');
+      await sleep(300);
+      console.log('second');
+      console.error('err-2');
+      await sleep(300);
+      return res.send('done');
+    case 'child':
+      cp.execSync('echo child; echo child-err >&2', { stdio: 'inherit' });
+      return res.send('ok');
+    case 'bytes':
+      fs.writeSync(1, Buffer.from([0xff, 0xfe, 0x6f, 0x6b, 0x0a]));
+      return res.send('ok');
+    case 'long':  // no newline: two whole pieces at once, the rest at the end
+      fs.writeSync(1, '0123456789'.repeat(4000));
+      await sleep(300);
+      return res.send('ok');
+    case 'exact':  // a whole piece, later the newline that ends its line
+      fs.writeSync(1, 'y'.repeat(16384));
+      await sleep(100);
+      fs.writeSync(1, '\nz\n');
+      return res.send('ok');
+    case 'unterminated':
+      fs.writeSync(1, 'first\nlast');
+      fs.writeSync(2, 'no newline');
+      return res.send('ok');
+    case 'many':
+      for (let i = 0; i < 10000; i++) console.log(String(i));
+      return res.send('ok');
+  }
+  return res.send('unknown action ' + req.headers['x-action'], 400);
+};
+'''
+RUNTIMES["python"]["samples"]["live"] = {"main.py": PYTHON_LIVE}
+RUNTIMES["node"]["samples"]["live"] = {"index.js": NODE_LIVE}
+
 
 class Client:
     """One connection to a runtime server: a request line, a response line."""
@@ -302,6 +388,18 @@ class Client:
     def execute(self, action: str = "", payload: str = "", env=None, headers=None) -> dict:
         headers = {"x-action": action, **(headers or {})}
         return self.request(type="execute", payload=payload, env=env or {}, headers=headers)
+
+    def live(self, action: str = "", **extra):
+        """A live execution: ([(arrival time, frame), ...], reply, reply's arrival time)."""
+        msg = {"type": "execute", "payload": "", "headers": {"x-action": action}, "live": True, **extra}
+        self.send_raw(json.dumps(msg).encode() + b"\n")
+        frames = []
+        while True:
+            line = self.recv()
+            now = time.monotonic()
+            if line.get("type") != "output":
+                return frames, line, now
+            frames.append((now, line))
 
     def close(self) -> None:
         self.reader.close()
@@ -761,6 +859,113 @@ def test_no_process_is_killed_outside_a_container(make_server):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# --- live output frames ("live": true) ------------------------------------------
+
+@pytest.fixture
+def live(rt) -> Client:
+    assert rt.load("live") == {"ok": True}
+    return rt.client()
+
+
+def _lines(frames, stream: str) -> list:
+    return [line for _, frame in frames if frame["stream"] == stream for line in frame["lines"]]
+
+
+def _check_frames(frames, **id_) -> None:
+    for _, frame in frames:
+        assert frame == {**id_, "type": "output", "stream": frame["stream"], "lines": frame["lines"]}, frame
+        assert frame["stream"] in ("stdout", "stderr") and frame["lines"], frame
+        assert all(isinstance(line, str) for line in frame["lines"]), frame
+
+
+def test_live_frames_arrive_while_the_function_runs(live):
+    start = time.monotonic()
+    frames, reply, replied = live.live("slow", id=7)
+    assert reply == {"id": 7, "statusCode": 200, "body": "done", "logs": "first\nsecond\n",
+                     "errors": "err-1\nerr-2\n", "error": ""}
+    _check_frames(frames, id=7)
+    assert _lines(frames, "stdout") == ["first", "second"]
+    assert _lines(frames, "stderr") == ["err-1", "err-2"]
+    first = frames[0]
+    assert first[1]["lines"] == (["first"] if first[1]["stream"] == "stdout" else ["err-1"])
+    assert replied - first[0] >= 0.2, f"first frame {first[0] - start:.3f} s, reply {replied - start:.3f} s"
+    # the reply is the same as without live
+    plain = live.request(type="execute", id=7, payload="", headers={"x-action": "slow"})
+    assert plain == reply
+
+
+def test_live_frames_carry_the_request_id_as_given(live):
+    for id_ in ({"id": "abc"}, {"id": None}, {"id": {"n": [1, "x"]}}, {}):
+        frames, reply, _ = live.live("unterminated", **id_)
+        assert reply == {**id_, "statusCode": 200, "body": "ok", "logs": "first\nlast", "errors": "no newline",
+                         "error": ""}
+        _check_frames(frames, **id_)
+
+
+def test_live_unterminated_last_lines_are_sent_before_the_reply(live):
+    frames, reply, _ = live.live("unterminated")
+    _check_frames(frames)
+    assert _lines(frames, "stdout") == ["first", "last"]
+    assert _lines(frames, "stderr") == ["no newline"]
+    assert (reply["logs"], reply["errors"]) == ("first\nlast", "no newline")
+
+
+def test_live_child_process_output(live):
+    frames, reply, _ = live.live("child")
+    assert reply["statusCode"] == 200, reply
+    assert (_lines(frames, "stdout"), _lines(frames, "stderr")) == (["child"], ["child-err"])
+    assert (reply["logs"], reply["errors"]) == ("child\n", "child-err\n")
+
+
+def test_live_non_utf8_is_replaced(live):
+    frames, reply, _ = live.live("bytes")
+    assert _lines(frames, "stdout") == ["\ufffd\ufffdok"]
+    assert reply["logs"] == "\ufffd\ufffdok\n"
+
+
+def test_live_long_line_goes_in_pieces_of_16384(live):
+    text = "0123456789" * 4000
+    frames, reply, replied = live.live("long")
+    _check_frames(frames)
+    assert [len(line) for line in _lines(frames, "stdout")] == [16384, 16384, 7232]
+    assert "".join(_lines(frames, "stdout")) == text
+    # the whole pieces went out at once, the held rest at the end
+    assert frames[0][1]["lines"] == [text[:16384], text[16384:32768]]
+    assert replied - frames[0][0] >= 0.2
+    assert frames[-1][1]["lines"] == [text[32768:]]
+    assert reply == live.execute("long")  # as without live
+    # a newline right after a whole piece ends that line: no empty line
+    frames, reply, _ = live.live("exact")
+    assert _lines(frames, "stdout") == ["y" * 16384, "z"]
+
+
+def test_live_many_lines_arrive_complete_in_order_and_batched(live, rt):
+    frames, reply, _ = live.live("many")
+    assert reply["statusCode"] == 200, reply
+    lines = _lines(frames, "stdout")
+    assert lines == [str(i) for i in range(10000)]
+    print(f"\n{rt.language}: 10000 lines in {len(frames)} frames")
+    assert len(frames) <= 1000, len(frames)  # batched: far fewer frames than lines
+
+
+def test_no_frames_without_live(live):
+    for extra in ({}, {"live": False}):
+        live.send_raw(json.dumps({"type": "execute", "payload": "", "headers": {"x-action": "unterminated"},
+                                  **extra}).encode() + b"\n" + b'{"type":"ping","id":"after"}\n')
+        reply = live.recv()
+        assert reply == {"statusCode": 200, "body": "ok", "logs": "first\nlast", "errors": "no newline", "error": ""}
+        assert live.recv()["id"] == "after"  # the next line is the ping's reply: no frame came in between
+
+
+def test_live_frames_precede_the_failure_reply(hostile, rt):
+    frames, reply, _ = hostile.live("exit", id="x")
+    assert reply["statusCode"] == 500 and reply["closing"] is True, reply
+    assert "exited unexpectedly (exit code 3)" in reply["error"]
+    _check_frames(frames, id="x")
+    assert _lines(frames, "stdout") == ["before exit"]
+    assert not _alive(rt.proc, 5)
 
 
 # --- the service's side: server/engine/invoker.py -------------------------------

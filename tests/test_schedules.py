@@ -110,7 +110,7 @@ def test_every_minute_really_fires(service):
 
 
 def test_three_replicas_on_postgresql_fire_every_minute_exactly_once(pg_database, fresh_service):
-    """Every replica looks for due fires four times a second; each fire runs
+    """Every replica looks for due fires each second at once; each fire runs
     once, minute after minute. Halfway, one schedule is changed to yearly
     and one cleared (PUT): from the next minute on neither fires again,
     while the third goes on."""

@@ -41,6 +41,23 @@
  *       (500, body "", error says so). logs, errors and error keep their last
  *       part: at most 16384 characters including a first line
  *       "[… N earlier characters cut …]" when something was cut.
+ *   {"id":..,"type":"execute",...,"live":true}
+ *       The same, and while the execution runs, output frames go out on the
+ *       requesting connection before its reply (only when "live" is true):
+ *         {"id":..,"type":"output","stream":"stdout"|"stderr","lines":["...",..]}
+ *       ("id" echoed as in the reply, left out when the request has none.)
+ *       fd 1 is "stdout", fd 2 "stderr"; each stream is decoded as UTF-8 on
+ *       its own (invalid bytes become U+FFFD) and split at "\n" (not part of
+ *       the line). A line over 16384 characters goes as pieces of 16384 (each
+ *       a line; never half a surrogate pair, so a piece may be 16383 UTF-16
+ *       units); an unterminated last part is held until more output completes
+ *       it, it reaches 16384 characters or the execution ends (then it is a
+ *       last line before the reply). All lines read at once from a channel
+ *       share one frame, sent at once; order within a stream is kept.
+ *       logs/errors in the reply are as without "live". A failed execution
+ *       (see below) still gets the frames for the output read before its
+ *       error reply. While the connection's unsent data exceeds 1 MiB, the
+ *       worker's output is not read (it waits, as with a full pipe).
  *   anything else -> {"id":..,"ok":false,"error":"..."}
  *
  * The container is compromised when the worker answers with a wrong id,
@@ -311,6 +328,72 @@ class OutputTail { // the bounded tail of one of the worker's output channels
   }
 }
 
+const LIVE_BATCH = 1 << 20; // characters of lines that make a frame go out within one drain
+const LIVE_HIGH_WATER = 1 << 20; // bytes unsent on a live connection that pause the worker's output
+
+function isHighSurrogate(code) { return code >= 0xd800 && code <= 0xdbff; }
+
+// The output frames of one of the worker's output channels during a live
+// execution: an incremental decoder and the unterminated last part.
+class LiveLines {
+  constructor(conn, msg, stream) {
+    this.conn = conn;
+    this.stream = null; // the worker's channel while it is paused for backpressure
+    this.ending = false; // the final drain is under way: no more pausing
+    const id = 'id' in msg ? `"id":${JSON.stringify(msg.id)},` : '';
+    this.head = `{${id}"type":"output","stream":"${stream}","lines":`;
+    this.decoder = new StringDecoder('utf8');
+    this.partial = '';
+    this.glued = false; // the last line sent was a full piece of a longer one
+  }
+
+  feed(chunk, final = false) { // the lines completed by `chunk` (all of them when `final`)
+    let text = chunk ? this.decoder.write(chunk) : '';
+    if (final) text += this.decoder.end();
+    if (this.glued && text) {
+      this.glued = false;
+      if (text.charCodeAt(0) === 10) text = text.slice(1); // ends the line whose last piece went out
+    }
+    if (this.partial) text = this.partial + text;
+    const lines = [];
+    let start = 0;
+    for (let nl; (nl = text.indexOf('\n', start)) >= 0; start = nl + 1) {
+      if (nl - start <= LIMIT) lines.push(text.slice(start, nl));
+      else start = this.pieces(text, start, nl, lines);
+    }
+    let rest = start ? text.slice(start) : text;
+    if (rest.length >= LIMIT) {
+      const end = this.pieces(rest, 0, rest.length, lines, true);
+      rest = rest.slice(end);
+      this.glued = !rest;
+    }
+    if (final && rest) { lines.push(rest); rest = ''; }
+    this.partial = rest;
+    return lines;
+  }
+
+  // Pushes text[start:end] as pieces of LIMIT (only whole ones when `whole`);
+  // returns where the pieces stopped.
+  pieces(text, start, end, lines, whole = false) {
+    while (start < end) {
+      let stop = start + LIMIT;
+      if (stop >= end) {
+        if (whole && stop > end) break;
+        stop = end;
+      } else if (isHighSurrogate(text.charCodeAt(stop - 1))) {
+        stop--; // never half a pair
+      }
+      lines.push(text.slice(start, stop));
+      start = stop;
+    }
+    return start;
+  }
+
+  send(lines) {
+    if (lines.length && !this.conn.destroyed) this.conn.write(`${this.head}${JSON.stringify(lines)}}\n`);
+  }
+}
+
 function inOwnPidNamespace() { // certain to be alone in the container's PID namespace (else never kill)
   if (process.env.FUNCTIONS_RUNTIME_PID_NAMESPACE !== '1' || process.ppid !== 1) return false;
   try {
@@ -385,7 +468,7 @@ class Supervisor {
     this.container = inOwnPidNamespace();
     this.reaper = new Reaper(this.container);
     this.seq = 0;
-    this.pending = null; // {conn, msg, wid, resolve, out, err}
+    this.pending = null; // {conn, msg, wid, resolve, out, err, done, liveOut, liveErr}
     this.replyBuf = '';
     this.responseMax = DEFAULT_RESPONSE_MAX;
     this.exiting = false;
@@ -403,8 +486,14 @@ class Supervisor {
     });
     this.worker = w;
     this.workerExit = null;
-    w.stdout.on('data', (chunk) => { if (this.pending) this.pending.out.add(chunk); });
-    w.stderr.on('data', (chunk) => { if (this.pending) this.pending.err.add(chunk); });
+    w.stdout.on('data', (chunk) => {
+      const p = this.pending;
+      if (p) { p.out.add(chunk); if (p.liveOut) this.live(p.liveOut, chunk, w.stdout); }
+    });
+    w.stderr.on('data', (chunk) => {
+      const p = this.pending;
+      if (p) { p.err.add(chunk); if (p.liveErr) this.live(p.liveErr, chunk, w.stderr); }
+    });
     for (const s of [w.stdout, w.stderr, w.stdio[REQUEST_FD], w.stdio[REPLY_FD]]) s.on('error', () => {});
     const replies = w.stdio[REPLY_FD];
     replies.setEncoding('utf8');
@@ -422,15 +511,55 @@ class Supervisor {
     w.on('error', (e) => this.compromised(`the worker could not start: ${e.message}`));
   }
 
-  drain(stream, tail) { // what the worker wrote so far and the loop has not read yet (non-blocking)
+  live(live, chunk, stream) { // a live execution's output: its frame, and backpressure
+    live.send(live.feed(chunk));
+    const conn = live.conn;
+    if (live.ending || live.stream || conn.destroyed || conn.writableLength < LIVE_HIGH_WATER) return;
+    live.stream = stream;
+    stream.pause(); // the worker waits (full pipe) until the service has read the frames
+    const go = () => this.unpause(live);
+    live.go = go;
+    conn.on('drain', go);
+    conn.on('close', go);
+  }
+
+  unpause(live) {
+    if (!live.stream) return;
+    live.conn.off('drain', live.go);
+    live.conn.off('close', live.go);
+    const stream = live.stream;
+    live.stream = null;
+    stream.resume();
+  }
+
+  // What the worker wrote so far and the loop has not read yet (non-blocking).
+  // `live` (a live execution, at its end): those lines and the held last part
+  // go out as frames.
+  drain(stream, tail, live) {
+    if (live) {
+      live.ending = true;
+      while (stream.readableLength && stream.read() !== null); // read while paused: first (via 'data')
+      this.unpause(live);
+    }
     const fd = stream && stream._handle && stream._handle.fd;
-    if (!Number.isInteger(fd) || fd < 0) return;
-    const buf = Buffer.allocUnsafe(65536);
-    for (let i = 0; i < 100000; i++) {
-      let n;
-      try { n = fs.readSync(fd, buf, 0, buf.length, null); } catch (_) { return; }
-      if (!n) return;
-      if (tail) tail.add(buf.subarray(0, n));
+    let lines = live ? [] : null;
+    let size = 0;
+    if (Number.isInteger(fd) && fd >= 0) {
+      const buf = Buffer.allocUnsafe(65536);
+      for (let i = 0; i < 100000; i++) {
+        let n;
+        try { n = fs.readSync(fd, buf, 0, buf.length, null); } catch (_) { break; }
+        if (!n) break;
+        if (tail) tail.add(buf.subarray(0, n));
+        if (live) {
+          for (const line of live.feed(buf.subarray(0, n))) { lines.push(line); size += line.length; }
+          if (size >= LIVE_BATCH) { live.send(lines); lines = []; size = 0; } // bounded frames
+        }
+      }
+    }
+    if (live) {
+      for (const line of live.feed(null, true)) lines.push(line);
+      live.send(lines);
     }
   }
 
@@ -464,8 +593,8 @@ class Supervisor {
   finish(reply) {
     const p = this.pending;
     p.done = true;
-    this.drain(this.worker.stdout, p.out);
-    this.drain(this.worker.stderr, p.err);
+    this.drain(this.worker.stdout, p.out, p.liveOut);
+    this.drain(this.worker.stderr, p.err, p.liveErr);
     let out = reply;
     if (p.msg.type === 'execute') {
       out = { statusCode: reply.statusCode === undefined ? 500 : reply.statusCode, body: reply.body || '',
@@ -491,17 +620,18 @@ class Supervisor {
   compromised(reason) { // answer what is pending, then exit
     if (this.exiting) return;
     const p = this.pending;
-    this.pending = null;
     if (p && !p.done) {
       p.done = true;
-      this.drain(this.worker.stdout, p.out);
-      this.drain(this.worker.stderr, p.err);
+      this.drain(this.worker.stdout, p.out, p.liveOut); // (still pending: read while paused counts)
+      this.drain(this.worker.stderr, p.err, p.liveErr);
+      this.pending = null;
       const error = `Execution failed: ${reason}; the container is discarded.`;
       const out = p.msg.type === 'execute'
         ? { statusCode: 500, body: '', logs: p.out.done(), errors: p.err.done(), error, closing: true }
         : { ok: false, error, closing: true };
       this.answer(p.conn, p.msg, out);
     }
+    this.pending = null;
     try { process.stderr.write(`functions-runtime: ${reason}; exiting\n`); } catch (_) { /* gone */ }
     this.exit(1);
   }
@@ -530,7 +660,12 @@ class Supervisor {
     return new Promise((resolve) => {
       if (this.exiting) { resolve(); return; }
       // (output that arrived while idle was dropped by the 'data' handlers)
-      this.pending = { conn, msg, wid, resolve, out: new OutputTail(), err: new OutputTail(), done: false };
+      this.pending = { conn, msg, wid, resolve, out: new OutputTail(), err: new OutputTail(), done: false,
+        liveOut: null, liveErr: null };
+      if (msg.live === true && msg.type === 'execute') {
+        this.pending.liveOut = new LiveLines(conn, msg, 'stdout');
+        this.pending.liveErr = new LiveLines(conn, msg, 'stderr');
+      }
       this.replyBuf = '';
       this.worker.stdio[REQUEST_FD].write(`${JSON.stringify({ ...msg, id: wid })}\n`);
     });

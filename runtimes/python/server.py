@@ -39,6 +39,22 @@ sequential. A request may carry "id" (any JSON value): the reply echoes it.
       fails the execution (500, body "", error says so). logs, errors and
       error keep their last part: at most 16384 characters including a first
       line "[… N earlier characters cut …]" when something was cut.
+  {"id":..,"type":"execute",...,"live":true}
+      The same, and while the execution runs, output frames go out on the
+      requesting connection before its reply (only when "live" is true):
+        {"id":..,"type":"output","stream":"stdout"|"stderr","lines":["...",..]}
+      ("id" echoed as in the reply, left out when the request has none.)
+      fd 1 is "stdout", fd 2 "stderr"; each stream is decoded as UTF-8 on its
+      own (invalid bytes become U+FFFD) and split at "\\n" (not part of the
+      line). A line over 16384 characters goes as pieces of 16384 (each a
+      line); an unterminated last part is held until more output completes it,
+      it reaches 16384 characters or the execution ends (then it is a last
+      line before the reply). All lines read at once from a pipe share one
+      frame, sent at once; order within a stream is kept. logs/errors in the
+      reply are as without "live". A failed execution (see below) still gets
+      the frames for the output read before its error reply. Frames are
+      written as they come: while the service does not read them, the
+      worker's output is not read either (it waits, as with a full pipe).
   anything else -> {"id":..,"ok":false,"error":"..."}
 
 The container is compromised when the worker answers with a wrong id, writes
@@ -360,6 +376,56 @@ class OutputTail:
         return cut("".join(self.parts), self.total)
 
 
+LIVE_BATCH = 1 << 20  # characters of lines that make a frame go out within one drain
+
+
+class LiveLines:
+    """The output frames of one of the worker's output pipes during a live
+    execution: an incremental decoder and the unterminated last part."""
+
+    __slots__ = ("conn", "head", "decoder", "partial", "glued")
+
+    def __init__(self, conn, msg, stream):
+        self.conn = conn
+        head = {"id": msg["id"]} if "id" in msg else {}
+        head.update(type="output", stream=stream, lines=None)
+        self.head = dumps_line(head)[:-len(b"null}\n")]  # '{"id":..,...,"lines":'
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.partial = ""
+        self.glued = False  # the last line sent was a full piece of a longer one
+
+    def feed(self, data, final=False):
+        """The lines completed by `data` (all of them when `final`)."""
+        text = self.decoder.decode(data, final)
+        if self.glued and text:
+            self.glued = False
+            if text[0] == "\n":  # ends the line whose last piece went out already
+                text = text[1:]
+        if self.partial:
+            text = self.partial + text
+        parts = text.split("\n")
+        rest = parts.pop()
+        lines = []
+        for line in parts:
+            if len(line) > LIMIT:
+                lines.extend(line[i:i + LIMIT] for i in range(0, len(line), LIMIT))
+            else:
+                lines.append(line)
+        if len(rest) >= LIMIT:
+            whole = len(rest) - len(rest) % LIMIT
+            lines.extend(rest[i:i + LIMIT] for i in range(0, whole, LIMIT))
+            rest = rest[whole:]
+            self.glued = not rest
+        if final and rest:
+            lines.append(rest)
+            rest = ""
+        self.partial = rest
+        return lines
+
+    def frame(self, lines):
+        return self.head + to_utf8(json.dumps(lines, ensure_ascii=False, separators=(",", ":"))) + b"}\n"
+
+
 def in_own_pid_namespace():
     """Certain to be alone in the container's PID namespace (else never kill anything)."""
     if os.environ.get("FUNCTIONS_RUNTIME_PID_NAMESPACE") != "1" or os.getppid() != 1:
@@ -466,6 +532,7 @@ class Supervisor:
         self.reply_buf = b""
         self.response_max = DEFAULT_RESPONSE_MAX  # until a load says otherwise
         self.out = self.err = None  # OutputTails while a request is pending
+        self.live_out = self.live_err = None  # LiveLines while a live execution is pending
         self.last_reap = time.monotonic()
         self.start_worker()
 
@@ -488,8 +555,12 @@ class Supervisor:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, tag)
 
-    def drain(self, fd, tail):
-        """Read what the worker wrote so far (non-blocking)."""
+    def drain(self, fd, tail, live=None, final=False):
+        """Read what the worker wrote so far (non-blocking); False at EOF.
+        With `live`, the lines read go out as one frame (the held last part
+        too when `final`)."""
+        if live is not None:
+            return self.drain_live(fd, tail, live, final)
         while True:
             try:
                 data = os.read(fd, 1 << 16)
@@ -502,14 +573,51 @@ class Supervisor:
             if tail is not None:
                 tail.add(data)
 
-    def on_output(self, fd, tail):
-        if not self.drain(fd, tail):
+    def drain_live(self, fd, tail, live, final):
+        lines, size, more = [], 0, True
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                more = False
+                break
+            tail.add(data)
+            new = live.feed(data)
+            if new:
+                lines += new
+                size += sum(map(len, new))
+                if size >= LIVE_BATCH:  # a writer faster than this loop: bounded frames
+                    self.send_frame(live, lines)
+                    lines, size = [], 0
+        if final:
+            lines += live.feed(b"", True)
+        if lines:
+            self.send_frame(live, lines)
+        return more
+
+    def send_frame(self, live, lines):
+        if live is not self.live_out and live is not self.live_err:
+            return  # the connection failed: no more frames
+        try:
+            live.conn.sendall(live.frame(lines))
+        except OSError:
+            self.live_out = self.live_err = None
+            self.close(live.conn)
+
+    def on_output(self, fd, tail, live):
+        if not self.drain(fd, tail, live):
             self.sel.unregister(fd)  # the user's code closed it
 
     def send_to_worker(self, conn, msg, wid):
         self.pending = (conn, msg, wid)
         self.reply_buf = b""  # (output that arrived while idle was read and dropped by the loop)
         self.out, self.err = OutputTail(), OutputTail()
+        if msg.get("live") is True and msg.get("type") == "execute":
+            self.live_out, self.live_err = LiveLines(conn, msg, "stdout"), LiveLines(conn, msg, "stderr")
         fwd = dict(msg)
         fwd["id"] = wid
         data = dumps_line(fwd)
@@ -554,8 +662,8 @@ class Supervisor:
 
     def finish(self, reply):
         conn, msg, wid = self.pending
-        self.drain(self.out_fd, self.out)
-        self.drain(self.err_fd, self.err)
+        self.drain(self.out_fd, self.out, self.live_out, True)
+        self.drain(self.err_fd, self.err, self.live_err, True)
         if msg.get("type") == "execute":
             reply = {"statusCode": reply.get("statusCode", 500), "body": reply.get("body", ""),
                      "logs": self.out.text(), "errors": self.err.text(), "error": reply.get("error", "")}
@@ -568,6 +676,7 @@ class Supervisor:
         clean = self.reaper.reap(self.worker.pid)
         self.last_reap = time.monotonic()
         self.pending, self.out, self.err = None, None, None
+        self.live_out = self.live_err = None
         if not clean:
             self.answer(conn, msg, dict(reply, closing=True))
             self.fail("processes started by the function could not be stopped")
@@ -591,10 +700,11 @@ class Supervisor:
             conn, msg, _ = self.pending
             logs = errors = ""
             if self.out is not None:
-                self.drain(self.out_fd, self.out)
-                self.drain(self.err_fd, self.err)
+                self.drain(self.out_fd, self.out, self.live_out, True)
+                self.drain(self.err_fd, self.err, self.live_err, True)
                 logs, errors = self.out.text(), self.err.text()
             self.pending = None
+            self.live_out = self.live_err = None
             error = "Execution failed: %s; the container is discarded." % reason
             if msg.get("type") == "execute":
                 reply = {"statusCode": 500, "body": "", "logs": logs, "errors": errors, "error": error}
@@ -717,9 +827,9 @@ class Supervisor:
                     elif tag == "reply":
                         self.on_reply()
                     elif tag == "out":
-                        self.on_output(self.out_fd, self.out)
+                        self.on_output(self.out_fd, self.out, self.live_out)
                     elif tag == "err":
-                        self.on_output(self.err_fd, self.err)
+                        self.on_output(self.err_fd, self.err, self.live_err)
                     elif key.fileobj in self.buffers:
                         self.on_conn(key.fileobj)
                 if self.container and self.pending is None and time.monotonic() - self.last_reap >= IDLE_REAP:

@@ -21,6 +21,7 @@ from typing import Callable, Protocol
 
 import peewee as pw
 
+from server.domain.livelogs import ThreadedLog
 from server.domain.packages import PackageStore, normalize_member
 from server.domain.quotas import StorageQuota, tree_size
 from server.domain.runtimes import Runtime, RuntimeCatalog
@@ -40,7 +41,8 @@ CLAIM_ATTEMPTS = 8
 class BuildRunner(Protocol):
     """What the queue needs from the Docker side (server.engine.Builder)."""
 
-    def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str]): ...
+    def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str],
+              on_output=None): ...
 
     def interrupt(self) -> None: ...
 
@@ -69,6 +71,7 @@ class BuildQueue:
     workers_count: int = 1
     replica: str = ""  # this replica's id: the owner of the builds it runs
     on_ready: list[Callable[[Build, Deployment, Function], None]] = field(default_factory=list)
+    live: ThreadedLog | None = None  # live build logs (set once the event loop runs)
 
     def __post_init__(self):
         self._stopping = threading.Event()
@@ -149,8 +152,16 @@ class BuildQueue:
         output = self.packages.build_dir(build.project, build.uid)
         package = self.packages.local_package(build.project, dep.uid)
         runner = self.online if declares_dependencies(package) else self.offline
-        result = runner.build(runtime, image, package, dep.entrypoint, output, dict(fn.vars))
+        channel = self.live.open(build.project, fn.uid, dep.uid) if self.live is not None else None
+        try:
+            result = runner.build(runtime, image, package, dep.entrypoint, output, dict(fn.vars),
+                                  on_output=channel.write if channel is not None else None)
+        finally:
+            if channel is not None:
+                channel.flush()
         if not result.ok and self._stopping.is_set():
+            if channel is not None:
+                channel.discard()  # it runs again: the stream goes on then
             raise BuildInterrupted("the service stopped during the build")
         ok, stderr, output_bytes = result.ok, result.stderr, 0
         if ok:
@@ -163,6 +174,8 @@ class BuildQueue:
                 self.packages.share_build(build.project, build.uid)
         self._finish(build, ok=ok, stdout=result.stdout, stderr=stderr, duration=result.duration,
                      output=str(output) if ok else "", output_bytes=output_bytes)
+        if channel is not None:
+            channel.end((BuildStatus.READY if ok else BuildStatus.FAILED).value, 0, float(round(result.duration)))
 
     def _finish(self, build: Build, *, ok: bool, stdout: str, stderr: str, duration: float, output: str = "",
                 output_bytes: int = 0) -> None:

@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 
 import peewee as pw
 
+from server.domain import livelogs
 from server.domain import validation as v
 from server.domain.errors import (
     ApiError,
@@ -286,6 +287,7 @@ class DeploymentRules:
                 build.delete_instance()
             search.unindex(SEARCH_KIND, [dep.seq])
             counts.adjust(SEARCH_KIND, project, function_id, -1)
+            livelogs.forget(project, source=dep.uid)
             dep.delete_instance()
         self.packages.remove(project, dep.uid, dep.build)
         generation.bump()
@@ -303,6 +305,7 @@ class DeploymentRules:
             updated = transition(Build, BuildStatus.FAILED, BuildStatus.PROCESSING, Build.seq == build.seq,
                                  stdout="", stderr="", start_time=0, end_time=0, duration=0).execute()
             if updated:
+                livelogs.forget(project, source=dep.uid)  # the new build's log starts afresh
                 self.events.emit(project, "functions.deployments.update", dep)
         if not updated:
             raise build_not_failed()

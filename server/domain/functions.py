@@ -9,6 +9,7 @@ from typing import Callable
 
 import peewee as pw
 
+from server.domain import livelogs
 from server.domain import validation as v
 from server.domain.errors import function_already_exists, function_not_found
 from server.domain.events import EVENT_NAMES, NO_EVENTS, EventSink
@@ -128,6 +129,7 @@ class FunctionRules:
             counts.drop("execution", project, fn.uid)
             counts.adjust(SEARCH_KIND, project, "", -1)
             Subscription.replace(project, fn.uid, [])
+            livelogs.forget(project, function=fn.uid)
             fn.delete_instance()
             self.events.emit(project, "functions.delete", fn)
         generation.bump()

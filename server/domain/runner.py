@@ -19,7 +19,9 @@ from typing import Awaitable, Callable
 from server.concurrency import Blocking
 from server.domain.auth import Caller
 from server.domain.errors import ApiError
+from server.domain import livelogs
 from server.domain.executions import ExecutionRules, Outcome, Runnable
+from server.domain.livelogs import Channel, LogHub
 from server.engine.errors import EngineError
 from server.store.models import Execution
 
@@ -40,8 +42,10 @@ STEAL_AFTER_MS = 1000
 class ExecutionRunner:
     """`workers`: how many queue workers run (the sweep claims no more than are free)."""
 
-    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking: Blocking, write: Write, workers: int):
+    def __init__(self, rules: ExecutionRules, invoke: Invoke, blocking: Blocking, write: Write, workers: int,
+                 logs: LogHub | None = None):
         self.rules = rules
+        self.logs = logs or LogHub()
         self.invoke = invoke
         self.blocking = blocking
         self.write = write
@@ -54,12 +58,32 @@ class ExecutionRunner:
         """Recorded `processing` first, so a crash mid-run leaves a record (failed at restart)."""
         execution = await self.write(functools.partial(self.rules.record, run, caller, data, True))
         env = self.rules.environment(run, caller, data)
+        channel = self.logs.open(execution.project, execution.function, execution.uid)
         try:
-            outcome = await self.invoke(run, data, env, float(run.function.timeout))
+            outcome = await self.invoke(run, data, env, float(run.function.timeout), on_output=channel.write)
         except EngineError:  # refused before the function ran (busy, shutting down): no record
+            self.logs.discard(channel)
             await self.write(functools.partial(self.rules.discard, execution))
             raise
-        return await self.write(functools.partial(self.rules.finish, execution, outcome, True))
+        return await self._finish(execution, outcome, channel, sync=True)
+
+    async def _finish(self, execution: Execution, outcome: Outcome, channel: Channel, sync: bool = False) -> Execution:
+        """Its last lines and its status in one transaction (a subscriber that
+        sees it ended has every line stored), then the subscribers' `end`."""
+        if not channel.written and (outcome.logs or outcome.errors):
+            # A runtime that does not stream (an older or official image): its output, at the end.
+            channel.write("stdout", outcome.logs.splitlines())
+            channel.write("stderr", outcome.errors.splitlines())
+        rows = channel.take_unflushed()
+
+        def finish() -> Execution:
+            livelogs.store_lines(rows)
+            return self.rules.finish(execution, outcome, sync)
+
+        try:
+            return await self.write(finish)
+        finally:
+            channel.end(execution.status.value, execution.status_code, execution.time)
 
     async def submit(self, run: Runnable, caller: Caller, data: str) -> Execution:
         execution = await self.write(functools.partial(self.rules.record, run, caller, data, False))
@@ -129,20 +153,39 @@ class ExecutionRunner:
             started = True
             await self.write(functools.partial(self.rules.mark_started, execution))
 
+        channel = self.logs.open(execution.project, execution.function, execution.uid,
+                                 first_seq=await self._next_seq(execution))
         try:
-            outcome = await self.invoke(run, execution.data, env, float(run.function.timeout), on_start=on_start)
+            outcome = await self.invoke(run, execution.data, env, float(run.function.timeout), on_start=on_start,
+                                        on_output=channel.write)
         except EngineError as error:
-            await self._retry_or_fail(execution, f"Execution failed: {error}", count_attempt=not started)
+            await self._cut_off(execution, channel, f"Execution failed: {error}", count_attempt=not started)
             return
         if outcome.service_fault:
-            await self._retry_or_fail(execution, outcome.error or "Execution failed: the runtime stopped.",
-                                      count_attempt=not started)
+            await self._cut_off(execution, channel, outcome.error or "Execution failed: the runtime stopped.",
+                                count_attempt=not started)
             return
-        await self.write(functools.partial(self.rules.finish, execution, outcome))
+        await self._finish(execution, outcome, channel)
 
-    async def _retry_or_fail(self, execution: Execution, message: str, count_attempt: bool) -> None:
+    async def _next_seq(self, execution: Execution) -> int:
+        """Line numbers go on across attempts."""
+        if execution.attempts == 0:
+            return 1
+        rows = await self.blocking(livelogs.stored_lines, execution.project, execution.uid, 0, 1_000_000)
+        return rows[-1].seq + 1 if rows else 1
+
+    async def _cut_off(self, execution: Execution, channel: Channel, message: str, count_attempt: bool) -> None:
+        await self.write(functools.partial(livelogs.store_lines, channel.take_unflushed()))
+        if await self._retry_or_fail(execution, message, count_attempt):
+            self.logs.discard(channel)  # runs again: its subscribers stay for the next attempt
+        else:
+            channel.end(execution.status.value, execution.status_code, execution.time)
+
+    async def _retry_or_fail(self, execution: Execution, message: str, count_attempt: bool) -> bool:
+        """True if it runs again."""
         delay = await self.write(functools.partial(self.rules.retry_or_fail, execution, message, count_attempt))
         if delay is not None:
             log.warning("execution cut off by the service: it runs again", extra={
                 "execution": execution.uid, "attempts": execution.attempts, "delay_seconds": delay, "reason": message})
             asyncio.get_running_loop().call_later(delay + 0.05, self.enqueue, execution.seq)
+        return delay is not None

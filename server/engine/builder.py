@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Callable, Iterator
 
 import docker
 import requests
@@ -27,6 +27,7 @@ from docker.types import LogConfig
 
 from server.domain.runtimes import Runtime
 from server.engine.errors import BuildInterrupted
+from server.engine.lines import LineSplitter
 from server.engine.sandbox import (
     CODE_MOUNT,
     INSTANCE_LABEL,
@@ -42,6 +43,8 @@ from server.engine.sandbox import (
     sandbox_ids,
 )
 from server.limits import OUTPUT_TAIL
+
+OnOutput = Callable[[str, list[str]], None]  # (stream, lines)
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,13 @@ class Builder:
             except (docker.errors.DockerException, requests.RequestException) as exc:
                 log.warning("removing a build container failed", extra={"container": container.id, "error": str(exc)})
 
-    def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str]) -> BuildResult:
+    def build(self, runtime: Runtime, image: str, source: Path, entrypoint: str, output_dir: Path, env: dict[str, str],
+              on_output: OnOutput | None = None) -> BuildResult:
         """Unpack `source` (.tar.gz) into `output_dir` and install its dependencies.
 
         `output_dir` is replaced; on failure it is removed. Blocking.
+        `on_output(stream, lines)` gets the build's output as it is printed
+        (from another thread).
         """
         started = time.monotonic()
         output_dir = Path(output_dir).resolve()
@@ -103,7 +109,7 @@ class Builder:
         failure = _entrypoint_problem(entrypoint)
         if failure is None:
             try:
-                stdout, stderr, failure = self._run(runtime, image, Path(source).resolve(), output_dir, env)
+                stdout, stderr, failure = self._run(runtime, image, Path(source).resolve(), output_dir, env, on_output)
             except (docker.errors.DockerException, requests.RequestException) as exc:
                 log.exception("build container failed", extra={"runtime": runtime.id, "image": image})
                 failure = f"build could not run: {_docker_error(exc, image)}"
@@ -118,7 +124,8 @@ class Builder:
         )
         return result
 
-    def _run(self, runtime: Runtime, image: str, source: Path, output_dir: Path, env: dict[str, str]) -> tuple[str, str, str | None]:
+    def _run(self, runtime: Runtime, image: str, source: Path, output_dir: Path, env: dict[str, str],
+             on_output: OnOutput | None = None) -> tuple[str, str, str | None]:
         """Runs build.sh; returns stdout, stderr and the reason of a failure (None on success).
 
         The timeout counts from the container's start.
@@ -157,7 +164,7 @@ class Builder:
             with self._running_lock:
                 self._running.add(container)
             try:
-                return self._start_and_wait(container)
+                return self._start_and_wait(container, on_output)
             except docker.errors.NotFound as exc:  # removed under our feet (interrupt, or the sweep at stop)
                 raise BuildInterrupted(f"the build container was removed while the build ran: {exc}") from exc
             finally:
@@ -165,8 +172,40 @@ class Builder:
                     self._running.discard(container)
                 _remove_quietly(container)
 
-    def _start_and_wait(self, container) -> tuple[str, str, str | None]:
+    def _start_and_wait(self, container, on_output: OnOutput | None = None) -> tuple[str, str, str | None]:
         container.start()
+        follower = None
+        if on_output is not None:
+            follower = threading.Thread(target=self._follow, args=(container.id, on_output), daemon=True,
+                                        name=f"build-output-{container.id[:12]}")
+            follower.start()
+        try:
+            return self._wait(container)
+        finally:
+            if follower is not None:
+                follower.join(timeout=10)  # its stream ends with the container
+
+    def _follow(self, container_id: str, on_output: OnOutput) -> None:
+        """Hand the build's output on as it comes (a thread per build)."""
+        splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        try:
+            stream = self.client.api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+            for out, err in stream:
+                for name, data in (("stdout", out), ("stderr", err)):
+                    if data:
+                        lines = splitters[name].feed(data)
+                        if lines:
+                            on_output(name, lines)
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            log.info("build output stream ended", extra={"container": container_id, "reason": str(exc)})
+        except Exception:  # a subscriber's trouble never fails the build
+            log.exception("build output stream failed")
+        for name, splitter in splitters.items():
+            rest = splitter.close()
+            if rest:
+                on_output(name, rest)
+
+    def _wait(self, container) -> tuple[str, str, str | None]:
         try:
             exit_code = container.wait(timeout=self.timeout)["StatusCode"]
             timed_out = False

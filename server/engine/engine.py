@@ -120,7 +120,8 @@ class Engine:
             image=self.image_id(run.runtime), code_dir=run.code_dir, entrypoint=run.deployment.entrypoint,
         )
 
-    async def invoke(self, run: "Runnable", payload: str, env: dict, timeout: float, on_start=None) -> InvocationResult:
+    async def invoke(self, run: "Runnable", payload: str, env: dict, timeout: float, on_start=None,
+                     on_output=None) -> InvocationResult:
         """Run one execution in the pool. Raises EngineError subclasses when
         it is refused before the function ran (no Docker, busy, stopping)."""
         if self.pool is None:
@@ -132,7 +133,7 @@ class Engine:
             loop = asyncio.get_running_loop()
             target = await loop.run_in_executor(None, self.target, run)
             self._targets[run.deployment.uid] = (run.build.uid, target)
-        return await self.pool.invoke(target, payload, env, {}, timeout, on_start=on_start)
+        return await self.pool.invoke(target, payload, env, {}, timeout, on_start=on_start, on_output=on_output)
 
     def forget(self, project: str, deployment_id: str, loop: asyncio.AbstractEventLoop) -> None:
         """Remove a deleted deployment's containers (callable from any thread)."""

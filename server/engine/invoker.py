@@ -21,10 +21,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from server.limits import OUTPUT_TAIL
+
+log = logging.getLogger(__name__)
 
 # What a function may answer (FUNCTIONS_RESPONSE_MAX_BYTES), in UTF-8 bytes of the body.
 DEFAULT_RESPONSE_MAX_BYTES = 1048576
@@ -107,6 +111,10 @@ class RuntimeConnection:
         self._max = MAX_REPLY_BYTES
         self._closed = False  # EOF, closed, or no longer trustworthy
         self.compromised: str | None = None  # why, once it is
+        self._request_id = ""
+        # While a live execution is in flight: called with (stream, lines) for
+        # each output frame the runtime sends before its reply.
+        self._on_output: Callable[[str, list[str]], None] | None = None
 
     @classmethod
     async def open(cls, path: str) -> "RuntimeConnection":
@@ -127,19 +135,58 @@ class RuntimeConnection:
             if len(self._buf) > self._max:
                 self._fail(ProtocolError(f"reply longer than {self._max} bytes"))
             return
-        if nl != len(data) - 1:
-            self._compromise("the runtime sent more than one reply to one request")
+        if nl == len(data) - 1 and self._on_output is None:  # the common case: one reply, nothing live
+            if self._buf:
+                self._buf += data
+                line = bytes(self._buf)
+                self._buf.clear()
+            else:
+                line = data
+            if len(line) > self._max:
+                self._fail(ProtocolError(f"reply longer than {self._max} bytes"))
+                return
+            waiter.set_result(line)
             return
-        if self._buf:
-            self._buf += data
-            line = bytes(self._buf)
-            self._buf.clear()
-        else:
-            line = data
-        if len(line) > self._max:
+        self._buf += data
+        *lines, rest = bytes(self._buf).split(b"\n")
+        self._buf = bytearray(rest)
+        for index, line in enumerate(lines):
+            if len(line) > self._max:
+                self._fail(ProtocolError(f"reply longer than {self._max} bytes"))
+                return
+            # Frames are flat objects of compact JSON: this key can only be
+            # theirs (inside a reply's strings the quotes are escaped).
+            if self._on_output is not None and b'"type":"output"' in line:
+                if not self._output_frame(line):
+                    return
+                continue
+            if index != len(lines) - 1 or rest:
+                self._compromise("the runtime sent more than one reply to one request")
+                return
+            waiter.set_result(line)
+        if len(self._buf) > self._max:
             self._fail(ProtocolError(f"reply longer than {self._max} bytes"))
-            return
-        waiter.set_result(line)
+
+    def _output_frame(self, line: bytes) -> bool:
+        """A live output frame of the request in flight: to `on_output`. False
+        (and the connection failed) if it is not one."""
+        try:
+            frame = json.loads(line)
+        except ValueError:
+            self._fail(ProtocolError("garbled output frame"))
+            return False
+        if not isinstance(frame, dict) or frame.get("id") != self._request_id or frame.get("type") != "output":
+            self._compromise("an output frame of another request")
+            return False
+        lines, stream = frame.get("lines"), frame.get("stream")
+        if stream not in ("stdout", "stderr") or not isinstance(lines, list):
+            self._fail(ProtocolError("malformed output frame"))
+            return False
+        try:
+            self._on_output(stream, [text for text in lines if isinstance(text, str)])
+        except Exception:  # a subscriber's trouble never fails the execution
+            log.exception("live output handler failed")
+        return True
 
     def _gone(self, reason: str) -> None:
         self._closed = True
@@ -182,7 +229,7 @@ class RuntimeConnection:
             raise RuntimeGone("the runtime closed the connection")
         if self._waiter is not None and not self._waiter.done():
             raise RuntimeError("a request is already in flight on this connection")
-        request_id = new_request_id()
+        request_id = self._request_id = new_request_id()
         line = json.dumps({"id": request_id, **message}, separators=(",", ":")).encode() + b"\n"
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -236,9 +283,20 @@ class RuntimeConnection:
             return None
         return str(reply.get("error") or f"load failed: {reply}")
 
-    async def execute(self, payload: str, env: dict, headers: dict, timeout: float | None) -> dict:
-        """Raw execute reply: statusCode, body, logs, errors, error."""
-        return await self.request({"type": "execute", "payload": payload, "env": env, "headers": headers}, timeout)
+    async def execute(self, payload: str, env: dict, headers: dict, timeout: float | None,
+                      on_output: Callable[[str, list[str]], None] | None = None) -> dict:
+        """Raw execute reply: statusCode, body, logs, errors, error. With
+        `on_output`, the runtime streams what the function prints while it
+        runs ("live"): `on_output(stream, lines)` is called on the event loop
+        for each frame, before the reply."""
+        if on_output is None:
+            return await self.request({"type": "execute", "payload": payload, "env": env, "headers": headers}, timeout)
+        self._on_output = on_output
+        try:
+            return await self.request({"type": "execute", "payload": payload, "env": env, "headers": headers,
+                                       "live": True}, timeout)
+        finally:
+            self._on_output = None
 
     def close(self) -> None:
         self._closed = True

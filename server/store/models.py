@@ -252,6 +252,25 @@ class Event(BaseModel):
         indexes = ((("project", "source", "source_id"), True), (("date_created",), False))
 
 
+class OutputLine(BaseModel):
+    """A line an execution or a build printed, kept for live-log replay
+    (server.domain.livelogs). `source` is the execution's or the
+    deployment's uid; `seq` counts from 1 within it. `id` orders every line
+    of a function (the function-wide tail reads new ones by it)."""
+
+    id = pw.AutoField()
+    project = pw.CharField(max_length=36)
+    function = pw.CharField(max_length=36)
+    source = pw.CharField(max_length=36)
+    seq = pw.IntegerField()
+    stream = pw.CharField(max_length=8)  # stdout, stderr; `dropped`: `text` says how many were not kept
+    text = pw.TextField()
+    time = pw.BigIntegerField()  # Unix ms it was printed
+
+    class Meta:
+        indexes = ((("project", "source", "seq"), True), (("project", "function", "id"), False))
+
+
 class SearchToken(BaseModel):
     """Word index for list searches: one row per (resource, lowercased word).
 
@@ -351,5 +370,5 @@ class BlobPart(BaseModel):
         primary_key = pw.CompositeKey("key", "part")
 
 
-ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, Subscription, Event, SearchToken,
-              ListCount, Replica, Generation, RateWindow, BlobPart]
+ALL_MODELS = [SchemaVersion, Project, ApiKey, Function, Deployment, Build, Execution, Subscription, Event, OutputLine,
+              SearchToken, ListCount, Replica, Generation, RateWindow, BlobPart]

@@ -147,7 +147,8 @@ class ContainerPool:
     # -- public API ----------------------------------------------------------
 
     async def invoke(self, target: DeploymentTarget, payload: str, env: dict, headers: dict, timeout: float,
-                     on_start: Callable[[], Awaitable[object]] | None = None) -> InvocationResult:
+                     on_start: Callable[[], Awaitable[object]] | None = None,
+                     on_output: Callable[[str, list[str]], None] | None = None) -> InvocationResult:
         """Run one execution. `timeout` bounds loading and running the user's
         code; waiting for a container is bounded by acquire_timeout (then
         PoolBusy), starting one by start_timeout.
@@ -168,7 +169,7 @@ class ContainerPool:
                 self._release(c)
                 raise
         try:
-            reply = await c.conn.execute(payload, env, headers, timeout)
+            reply = await c.conn.execute(payload, env, headers, timeout, on_output)
         except TimeoutError:
             self._life.discard(c, "execution timed out")
             return InvocationResult(TIMEOUT_STATUS, "", "", "", TIMEOUT_ERROR, time.monotonic() - started, timed_out=True)

@@ -1,0 +1,170 @@
+"""Following a log: replay, then live lines, then the end (async generators).
+
+A stream subscribes to the hub first (so nothing printed from then on is
+missed), replays the stored lines, then the hub's recent ones, and then
+takes what the hub delivers. A run on another replica reaches the hub of
+that replica only: then the stream reads the stored lines and the status
+again every REMOTE_POLL seconds. `seq` orders and de-duplicates lines from
+all three places. Every stream ends with an `End` (a client over HTTP/1.1
+cannot see gRPC trailers) and sends a heartbeat when quiet for HEARTBEAT s.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+from server.concurrency import Blocking
+from server.domain import livelogs
+from server.domain.livelogs import End, Line, LogHub
+from server.store.lifecycles import BuildStatus, ExecutionStatus
+from server.store.models import Build, Execution, OutputLine
+
+HEARTBEAT = 15.0  # seconds: proxies keep a stream that carries something this often
+REMOTE_POLL = 0.25  # seconds between reads of a run on another replica
+REPLAY_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Dropped:
+    source: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    source: str = ""
+
+
+Message = Line | End | Dropped | Heartbeat
+
+
+def _stored(row: OutputLine) -> Line | Dropped:
+    if row.stream == "dropped":
+        return Dropped(row.source, int(row.text))
+    return Line(row.source, row.seq, row.stream, row.text, row.time)
+
+
+def execution_end(project: str, uid: str) -> End | None:
+    """How the execution ended, or None while it has not (blocking)."""
+    ex = Execution.find(project, uid)
+    if ex is None:
+        return End(uid, ExecutionStatus.FAILED.value, 0, 0.0)  # deleted meanwhile
+    if ex.status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED):
+        return End(uid, ex.status.value, ex.status_code, ex.time)
+    return None
+
+
+def execution_now(project: str, uid: str) -> End:
+    ex = Execution.find(project, uid)
+    return End(uid, ex.status.value if ex else ExecutionStatus.FAILED.value, ex.status_code if ex else 0, ex.time if ex else 0.0)
+
+
+def build_end(project: str, deployment: str, build_uid: str) -> End | None:
+    build = Build.find(project, build_uid)
+    if build is None:
+        return End(deployment, BuildStatus.FAILED.value, 0, 0.0)
+    if build.status in (BuildStatus.READY, BuildStatus.FAILED):
+        return End(deployment, build.status.value, 0, float(build.duration))
+    return None
+
+
+def build_now(project: str, deployment: str, build_uid: str) -> End:
+    build = Build.find(project, build_uid)
+    return End(deployment, build.status.value if build else BuildStatus.FAILED.value, 0, float(build.duration) if build else 0.0)
+
+
+class LogStreams:
+    def __init__(self, hub: LogHub, blocking: Blocking):
+        self.hub = hub
+        self.blocking = blocking
+
+    async def follow(self, project: str, source: str, since: int, follow: bool,
+                     ended: Callable[[], Awaitable[End | None]], now: Callable[[], Awaitable[End]]) -> AsyncIterator[Message]:
+        """One run's log (an execution's or a build's)."""
+        subscriber = self.hub.subscribe(project, source)
+        recent = self.hub.recent(project, source)
+        try:
+            last = since
+            while True:
+                rows = await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH)
+                for row in rows:
+                    yield _stored(row)
+                    last = row.seq
+                if len(rows) < REPLAY_BATCH:
+                    break
+            for line in recent:
+                if line.seq > last:
+                    yield line
+                    last = line.seq
+            end = await ended()
+            if end is not None or not follow:
+                for row in await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH):
+                    yield _stored(row)  # stored between the replay and the look at the status
+                yield end or await now()
+                return
+            quiet = time.monotonic()
+            while True:
+                local = self.hub.running(project, source)
+                items, dropped = await subscriber.take(HEARTBEAT if local else REMOTE_POLL)
+                if dropped:
+                    yield Dropped(source, dropped)
+                for item in items:
+                    if isinstance(item, End):
+                        yield item
+                        return
+                    if item.seq > last:
+                        yield item
+                        last = item.seq
+                if items or dropped:
+                    quiet = time.monotonic()
+                    continue
+                if not local:  # running elsewhere, or not started yet
+                    for row in await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH):
+                        yield _stored(row)
+                        last = row.seq
+                        quiet = time.monotonic()
+                    end = await ended()
+                    if end is not None and not self.hub.running(project, source):
+                        for row in await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH):
+                            yield _stored(row)
+                        yield end
+                        return
+                if time.monotonic() - quiet >= HEARTBEAT:
+                    yield Heartbeat(source)
+                    quiet = time.monotonic()
+        finally:
+            self.hub.unsubscribe(subscriber)
+
+    async def tail(self, project: str, function: str) -> AsyncIterator[Message]:
+        """Every execution of `function` that prints while the stream is open
+        (any replica), and the end of each that ends on this one. Never ends."""
+        subscriber = self.hub.subscribe_function(project, function)
+        try:
+            cursor = await self.blocking(livelogs.last_line_id)
+            last: dict[str, int] = {}
+            quiet = time.monotonic()
+            while True:
+                items, dropped = await subscriber.take(REMOTE_POLL)
+                if dropped:
+                    yield Dropped("", dropped)
+                for item in items:
+                    if isinstance(item, End):
+                        yield item
+                    elif item.seq > last.get(item.source, 0):
+                        yield item
+                        last[item.source] = item.seq
+                rows = await self.blocking(livelogs.lines_of_function, project, function, cursor)
+                for row in rows:
+                    cursor = row.id
+                    if row.stream == "dropped" or row.seq > last.get(row.source, 0):
+                        yield _stored(row)
+                        last[row.source] = row.seq
+                if items or dropped or rows:
+                    quiet = time.monotonic()
+                elif time.monotonic() - quiet >= HEARTBEAT:
+                    yield Heartbeat()
+                    quiet = time.monotonic()
+        finally:
+            self.hub.unsubscribe(subscriber)
