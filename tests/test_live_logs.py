@@ -31,7 +31,8 @@ PY_KINDS = ("import os, subprocess, sys, time\ndef main(req, res):\n"
             "        print('sleeping', flush=True)\n"
             "        time.sleep(10)\n"
             "    if req.payload == 'flood':\n"
-            "        time.sleep(1)  # the subscriber is there (and stalls) before the flood\n"
+            "        print('ready', flush=True)\n"
+            "        time.sleep(2)  # the subscriber got 'ready', and stalls before the flood\n"
             "        for i in range(200000):\n"
             "            print('line', i)\n"
             "    if req.payload == 'child':\n"
@@ -177,18 +178,19 @@ def test_a_stalled_subscriber_is_told_what_it_missed(service, project, kinds):
     stub = log_pb2_grpc.LogServiceStub(channel)
     stream = stub.StreamExecutionLogs(log_pb2.StreamExecutionLogsRequest(function_id=kinds, execution_id=ex["$id"]),
                                       metadata=project.metadata(), timeout=60)
-    first = next(stream)  # the heartbeat-free start: its first line
-    time.sleep(4)  # not reading: the server's writes stall, the subscriber's buffer overflows
+    first = next(stream)
+    assert first.text == "ready"  # followed live from here on
+    time.sleep(5)  # not reading: the server's writes stall, the subscriber's buffer overflows
     rest = list(stream)
     got = [first] + rest
     assert got[-1].type == "end" and got[-1].status == "completed"
     received = [m for m in got if m.type == "line"]
     dropped = sum(m.count for m in got if m.type == "dropped")
-    assert dropped > 0 and len(received) + dropped == 200001
+    assert dropped > 0 and len(received) + dropped == 200002
     assert [m.seq for m in received] == sorted(m.seq for m in received)
     replay = list(stub.StreamExecutionLogs(log_pb2.StreamExecutionLogsRequest(
         function_id=kinds, execution_id=ex["$id"], follow=False), metadata=project.metadata(), timeout=60))
-    assert len([m for m in replay if m.type == "line"]) == 200001  # nothing lost in the store
+    assert len([m for m in replay if m.type == "line"]) == 200002  # nothing lost in the store
     channel.close()
 
 

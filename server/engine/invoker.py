@@ -135,7 +135,8 @@ class RuntimeConnection:
             if len(self._buf) > self._max:
                 self._fail(ProtocolError(f"reply longer than {self._max} bytes"))
             return
-        if nl == len(data) - 1 and self._on_output is None:  # the common case: one reply, nothing live
+        live = self._on_output is not None
+        if nl == len(data) - 1 and (not live or not self._buf and b'"type":"output"' not in data):  # one reply: the common case
             if self._buf:
                 self._buf += data
                 line = bytes(self._buf)

@@ -220,7 +220,9 @@ class Subscription(BaseModel):
 
     @classmethod
     def functions_of(cls, project: str, event: str) -> list[str]:
-        return [row.function for row in cls.select(cls.function).where((cls.project == project) & (cls.event == event))]
+        from server.store import statements
+
+        return statements.subscribers(project, event)
 
     @classmethod
     def replace(cls, project: str, function: str, events: list[str]) -> None:
