@@ -39,7 +39,7 @@ from server.domain import auth
 from server.domain.builds import BuildQueue
 from server.domain.deployments import DeploymentRules
 from server.domain.events import EventBus
-from server.domain.livelogs import LogHub, ThreadedLog, store_lines
+from server.domain.livelogs import NOTIFY_CHANNEL, LogHub, ThreadedLog, store_lines
 from server.domain.logstreams import LogStreams
 from server.domain.executions import ExecutionRules
 from server.domain.ratelimit import RateLimiter
@@ -55,9 +55,10 @@ from server.engine.engine import AVAILABILITY_REFRESH
 from server.engine.invoker import reply_limit
 from server.settings import Settings
 from server.store import close_database, open_database
-from server.store.db import checkpoint, database
+from server.store.db import checkpoint, database, is_postgres
 from server.jobs import Jobs, OneShot, Periodic, QueueWorkers, Resource
 from server.store.batch import BatchWriter
+from server.store.notify import Listener
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,8 @@ def background_jobs(components: Components, runner: ExecutionRunner, writer: Bat
             await asyncio.wrap_future(writer.submit(functools.partial(store_lines, rows)))
 
     jobs.add(Periodic("log-flush", LOG_FLUSH_INTERVAL, flush_logs))
+    if is_postgres():  # other replicas' stored lines wake this one's subscribers
+        jobs.add(Listener(NOTIFY_CHANNEL, runner.logs.wake))
     jobs.add(Periodic("event-retention", 3600.0, components.events.forget_older_than, blocking=blocking))
     jobs.add(Periodic("rate-windows", 60.0, components.executions.limiter.sweep, blocking=blocking))
     if not settings.database_url:

@@ -98,3 +98,13 @@ def pg_database():
     cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     cursor.execute(f"DROP DATABASE IF EXISTS {name}")
     admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_env(request):
+    """Environment for a service on SQLite (its data dir) or on a fresh
+    PostgreSQL database. Tests ask for it before `fresh_service`, so the
+    service stops before its database is dropped."""
+    if request.param == "sqlite":
+        return {}
+    return {"FUNCTIONS_DATABASE_URL": request.getfixturevalue("pg_database")}

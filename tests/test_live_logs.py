@@ -216,11 +216,12 @@ def test_who_may_follow_an_execution(service, project, kinds):
     assert r.status_code == 401
 
 
-def test_a_subscriber_on_one_replica_follows_an_execution_on_another(fresh_service):
+def test_a_subscriber_on_one_replica_follows_an_execution_on_another(database_env, fresh_service):
+    """From the store: polled on SQLite, woken by NOTIFY on PostgreSQL."""
     from functions.v1 import execution_pb2, execution_pb2_grpc, log_pb2, log_pb2_grpc
     from server.settings import Settings
 
-    svc = fresh_service(FUNCTIONS_REPLICAS="2")
+    svc = fresh_service(FUNCTIONS_REPLICAS="2", **database_env)
     fid = deploy(svc, f"ticks{uuid.uuid4().hex[:6]}", {"main.py": PY_TICKS})
     metadata = (("x-appwrite-project", "default"), ("x-appwrite-key", svc.bootstrap_key))
     replica = [grpc.insecure_channel(Settings(grpc_address=svc.grpc_address).replica_address(i)) for i in (0, 1)]

@@ -28,16 +28,6 @@ PY_SLEEPY = ("import time\ndef main(req, res):\n    time.sleep(float(req.payload
              "    return res.send('slept ' + req.payload)\n")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_env(request):
-    """Environment for a service on SQLite (its data dir) or on a fresh
-    PostgreSQL database. Tests ask for it before `fresh_service`, so the
-    service stops before its database is dropped."""
-    if request.param == "sqlite":
-        return {}
-    return {"FUNCTIONS_DATABASE_URL": request.getfixturevalue("pg_database")}
-
-
 def rows(svc, sql: str, params=()) -> list[tuple]:
     """Read the service's database directly (what the replicas wrote)."""
     url = svc.env.get("FUNCTIONS_DATABASE_URL", "")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from server.store.models import OutputLine
+from server.store.notify import notify
 
 SUBSCRIBER_BUFFER = 1000  # messages a subscriber may have waiting
 RECENT_LINES = 2000  # a channel's latest lines kept in memory (stored batches come every 0.1 s)
@@ -58,7 +59,13 @@ class Subscriber:
         self.limit = limit
         self._items: collections.deque[Message] = collections.deque()
         self._ready = asyncio.Event()
+        self._woken = False
         self.dropped = 0  # lines that did not fit since the last take
+
+    def wake(self) -> None:
+        """Something changed elsewhere (another replica stored lines): `take` returns now."""
+        self._woken = True
+        self._ready.set()
 
     def offer(self, message: Message) -> None:
         if isinstance(message, Line) and len(self._items) >= self.limit:
@@ -70,12 +77,13 @@ class Subscriber:
     async def take(self, timeout: float) -> tuple[list[Message], int]:
         """What is waiting (and how many lines were dropped before it), after
         at most `timeout` seconds; ([], 0) if nothing came."""
-        if not self._items and not self.dropped:
+        if not self._items and not self.dropped and not self._woken:
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), timeout)
             except TimeoutError:
                 return [], 0
+        self._woken = False
         items, dropped = list(self._items), self.dropped
         self._items.clear()
         self.dropped = 0
@@ -183,6 +191,13 @@ class LogHub:
 
     # ---- subscribers ---------------------------------------------------------------
 
+    def wake(self, payload: str) -> None:
+        """Another replica stored lines of `<project>/<function>/<source>`."""
+        project, _, rest = payload.partition("/")
+        function, _, source = rest.partition("/")
+        for subscriber in [*self._by_source.get((project, source), ()), *self._by_function.get((project, function), ())]:
+            subscriber.wake()
+
     def subscribe(self, project: str, source: str) -> Subscriber:
         subscriber = Subscriber()
         self._by_source[(project, source)].add(subscriber)
@@ -201,10 +216,16 @@ class LogHub:
                     del index[key]
 
 
+NOTIFY_CHANNEL = "output_line"
+
+
 def store_lines(rows: list[dict]) -> None:
-    """One batched insert (blocking; inside the batch writer's transaction)."""
+    """One batched insert (blocking; inside the batch writer's transaction),
+    and a wake-up for the other replicas' subscribers (PostgreSQL)."""
     for start in range(0, len(rows), 500):
         OutputLine.insert_many(rows[start:start + 500]).on_conflict_ignore().execute()
+    for project, function, source in sorted({(r["project"], r["function"], r["source"]) for r in rows}):
+        notify(NOTIFY_CHANNEL, f"{project}/{function}/{source}")
 
 
 def stored_lines(project: str, source: str, after_seq: int, limit: int = 1000) -> list[OutputLine]:
