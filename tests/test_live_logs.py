@@ -29,7 +29,7 @@ PY_KINDS = ("import os, subprocess, sys, time\ndef main(req, res):\n"
             "        raise ValueError('nope')\n"
             "    if req.payload == 'sleep':\n"
             "        print('sleeping', flush=True)\n"
-            "        time.sleep(10)\n"
+            "        time.sleep(30)\n"
             "    if req.payload == 'flood':\n"
             "        print('ready', flush=True)\n"
             "        time.sleep(2)  # the subscriber got 'ready', and stalls before the flood\n"
@@ -79,7 +79,7 @@ def project(service):
 
 @pytest.fixture(scope="module")
 def kinds(project):
-    return deploy(project, f"kinds{uuid.uuid4().hex[:6]}", {"main.py": PY_KINDS}, timeout=6)
+    return deploy(project, f"kinds{uuid.uuid4().hex[:6]}", {"main.py": PY_KINDS}, timeout=12)
 
 
 def test_lines_arrive_while_the_execution_runs_then_the_end(project):

@@ -87,20 +87,16 @@ class LogStreams:
         recent = self.hub.recent(project, source)
         try:
             last = since
-            while True:
-                rows = await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH)
-                for row in rows:
-                    yield _stored(row)
-                    last = row.seq
-                if len(rows) < REPLAY_BATCH:
-                    break
+            async for row in self._stored_after(project, source, last):
+                yield _stored(row)
+                last = row.seq
             for line in recent:
                 if line.seq > last:
                     yield line
                     last = line.seq
             end = await ended()
             if end is not None or not follow:
-                for row in await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH):
+                async for row in self._stored_after(project, source, last):
                     yield _stored(row)  # stored between the replay and the look at the status
                 yield end or await now()
                 return
@@ -121,13 +117,13 @@ class LogStreams:
                     quiet = time.monotonic()
                     continue
                 if not local:  # running elsewhere, or not started yet
-                    for row in await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH):
+                    async for row in self._stored_after(project, source, last):
                         yield _stored(row)
                         last = row.seq
                         quiet = time.monotonic()
                     end = await ended()
                     if end is not None and not self.hub.running(project, source):
-                        for row in await self.blocking(livelogs.stored_lines, project, source, last, REPLAY_BATCH):
+                        async for row in self._stored_after(project, source, last):
                             yield _stored(row)
                         yield end
                         return
@@ -136,6 +132,16 @@ class LogStreams:
                     quiet = time.monotonic()
         finally:
             self.hub.unsubscribe(subscriber)
+
+    async def _stored_after(self, project: str, source: str, after: int) -> AsyncIterator[OutputLine]:
+        """Every stored line after `after`, read in batches."""
+        while True:
+            rows = await self.blocking(livelogs.stored_lines, project, source, after, REPLAY_BATCH)
+            for row in rows:
+                yield row
+            if len(rows) < REPLAY_BATCH:
+                return
+            after = rows[-1].seq
 
     async def tail(self, project: str, function: str) -> AsyncIterator[Message]:
         """Every execution of `function` that prints while the stream is open
