@@ -512,7 +512,9 @@ def app(rt) -> Client:
 # --- protocol basics ---------------------------------------------------------
 
 def test_ping(rt):
-    assert rt.client().request(type="ping") == {"ok": True, "runtime": rt.language, "pid": rt.proc.pid}
+    reply = rt.client().request(type="ping")
+    assert reply == {"ok": True, "runtime": rt.language, "pid": rt.proc.pid, "version": reply["version"]}
+    assert reply["version"].split(".")[0].isdigit()  # the interpreter's own version
 
 
 def test_socket_replaces_stale_file_and_is_private(make_server):

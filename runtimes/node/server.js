@@ -23,7 +23,7 @@
  * are sequential. A request may carry "id" (any JSON value): the reply echoes it.
  *
  *   {"id":..,"type":"ping"}
- *       -> {"id":..,"ok":true,"runtime":"node","pid":N}   (N: the supervisor)
+ *       -> {"id":..,"ok":true,"runtime":"node","pid":N,"version":V}   (N: the supervisor, V: node's version)
  *   {"id":..,"type":"load","codeDir":"/code","entrypoint":"src/index.js","responseMaxBytes":1048576}
  *       -> {"id":..,"ok":true} | {"id":..,"ok":false,"error":"..."}
  *       Once per container. require()s the entrypoint (node_modules resolve
@@ -600,7 +600,7 @@ class Supervisor {
       out = { statusCode: reply.statusCode === undefined ? 500 : reply.statusCode, body: reply.body || '',
         logs: p.out.done(), errors: p.err.done(), error: reply.error || '' };
     } else if (p.msg.type === 'ping' && reply.ok === true) {
-      out = { ok: true, runtime: 'node', pid: process.pid };
+      out = { ok: true, runtime: 'node', pid: process.pid, version: process.versions.node };
     } else if (p.msg.type === 'load' && reply.ok === true
                && Number.isInteger(p.msg.responseMaxBytes) && p.msg.responseMaxBytes >= 0) {
       this.responseMax = p.msg.responseMaxBytes;

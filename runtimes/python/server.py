@@ -1,13 +1,17 @@
-"""Functions runtime server for Python (stdlib only, Python 3.8+).
+"""Functions runtime server for Python (stdlib only, Python 3.8+), and the
+supervisor of every language that has a worker of its own.
 
-Runs inside a function container as `python3 /opt/functions-runtime/server.py`
-and executes the user's code on request from the service.
+Runs inside a function container as `python3 .../python/server.py` and
+executes the user's code on request from the service. For another language:
+`python3 .../python/server.py --language php -- php .../php/worker.php`
+(the worker command; see "Workers of other languages" below).
 
 Two processes:
   - the supervisor (the process the container starts) listens on
     $FUNCTIONS_RUNTIME_SOCKET and talks to the service;
-  - the worker (`server.py --worker R W`, started by the supervisor at once)
-    loads and runs the user's code. It never holds the service's socket or a
+  - the worker (`server.py --worker R W`, or the given worker command with R
+    and W appended, started by the supervisor at once) loads and runs the
+    user's code. It never holds the service's socket or a
     connection: it gets requests on pipe R, answers on pipe W, its stdout and
     stderr are pipes the supervisor reads all the time (so output is captured
     at the file-descriptor level: print, C extensions, child processes), and
@@ -21,7 +25,8 @@ connections may be open. Requests are handled one at a time, so executions are
 sequential. A request may carry "id" (any JSON value): the reply echoes it.
 
   {"id":..,"type":"ping"}
-      -> {"id":..,"ok":true,"runtime":"python","pid":N}   (N: the supervisor)
+      -> {"id":..,"ok":true,"runtime":"python","pid":N}   (N: the supervisor;
+         "version": the interpreter's, when the worker reports one)
   {"id":..,"type":"load","codeDir":"/code","entrypoint":"src/index.py","responseMaxBytes":1048576}
       -> {"id":..,"ok":true} | {"id":..,"ok":false,"error":"..."}
       Once per container. Puts codeDir, <codeDir>/.deps (pip --target) and the
@@ -63,6 +68,17 @@ supervisor then answers the pending request (if any) with an error and
 "closing":true, and exits (closing every connection), so the service discards
 the container. (A worker killed by SIGKILL, e.g. by the kernel's OOM killer, is
 not answered for: the supervisor exits 137 and the service finds out why.)
+
+Workers of other languages speak the same newline-delimited JSON on fds R
+(requests, read) and W (replies, written), numbers given as their last two
+arguments; stdin is /dev/null, stdout and stderr are the pipes above.
+  ping    -> {"id":..,"ok":true,"version":"<interpreter version>"}
+  load    -> {"id":..,"ok":true} | {"id":..,"ok":false,"error":"..."}
+  execute -> {"id":..,"statusCode":int,"body":str,"error":str}
+Exactly one reply line per request, with the request's id, written after the
+worker has flushed its own output; nothing else is ever written on W. The
+supervisor adds logs and errors, cuts error to 16384 characters and fails a
+body over responseMaxBytes, so workers need not. A worker exits when R ends.
 
 Processes an execution leaves behind are killed, but only when the supervisor
 is certain to be alone in its container's PID namespace:
@@ -200,7 +216,7 @@ class Runtime:
         if kind == "load":
             return self.load(msg)
         if kind == "ping":
-            return {"ok": True}
+            return {"ok": True, "version": sys.version.split()[0]}
         return {"ok": False, "error": "unknown message type: %r" % (kind,)}
 
     def load(self, msg):
@@ -520,8 +536,11 @@ class Compromised(Exception):
 
 
 class Supervisor:
-    def __init__(self, path):
+    def __init__(self, path, language="python", worker_command=None):
         self.path = path
+        self.language = language
+        # Started with the two pipe fds appended; default: this file's own worker.
+        self.worker_command = worker_command or [sys.executable, "-u", os.path.abspath(__file__), "--worker"]
         self.sel = selectors.DefaultSelector()
         self.container = in_own_pid_namespace()
         self.reaper = Reaper(self.container)
@@ -544,7 +563,7 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items()
                if k not in ("FUNCTIONS_RUNTIME_SOCKET", "FUNCTIONS_RUNTIME_PID_NAMESPACE")}
         self.worker = subprocess.Popen(
-            [sys.executable, "-u", os.path.abspath(__file__), "--worker", str(req_r), str(rep_w)],
+            self.worker_command + [str(req_r), str(rep_w)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=(req_r, rep_w), close_fds=True, env=env)
         os.close(req_r)
@@ -665,10 +684,12 @@ class Supervisor:
         self.drain(self.out_fd, self.out, self.live_out, True)
         self.drain(self.err_fd, self.err, self.live_err, True)
         if msg.get("type") == "execute":
-            reply = {"statusCode": reply.get("statusCode", 500), "body": reply.get("body", ""),
-                     "logs": self.out.text(), "errors": self.err.text(), "error": reply.get("error", "")}
+            reply = self.execution_reply(reply)
         elif msg.get("type") == "ping" and reply.get("ok") is True:
-            reply = {"ok": True, "runtime": "python", "pid": os.getpid()}
+            version = reply.get("version")
+            reply = {"ok": True, "runtime": self.language, "pid": os.getpid()}
+            if isinstance(version, str) and version:
+                reply["version"] = version
         elif msg.get("type") == "load" and reply.get("ok") is True:
             limit = msg.get("responseMaxBytes")
             if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
@@ -681,6 +702,22 @@ class Supervisor:
             self.answer(conn, msg, dict(reply, closing=True))
             self.fail("processes started by the function could not be stopped")
         self.answer(conn, msg, reply)
+
+    def execution_reply(self, reply):
+        """The service's reply from the worker's: the same rules for every
+        language's worker (status, body limit, cut error), plus the output."""
+        status, body, error = reply.get("statusCode", 500), reply.get("body", ""), reply.get("error", "")
+        if not isinstance(status, int) or isinstance(status, bool):
+            status, error = 500, error or "the function's status code is not an integer"
+        body = body if isinstance(body, str) else ""
+        error = error if isinstance(error, str) else json.dumps(error)
+        size = len(to_utf8(body)) if len(body) * 4 > self.response_max else 0
+        if size > self.response_max:
+            status, body = 500, ""
+            error = ("Execution failed: the response body is %d bytes; the limit is %d bytes "
+                     "(FUNCTIONS_RESPONSE_MAX_BYTES)." % (size, self.response_max))
+        return {"statusCode": status, "body": body, "logs": self.out.text(), "errors": self.err.text(),
+                "error": cut(error)}
 
     def worker_gone(self):
         try:
@@ -813,8 +850,8 @@ class Supervisor:
         listener.listen(16)
         listener.setblocking(False)
         self.sel.register(listener, selectors.EVENT_READ, "listen")
-        print("functions-runtime python %s listening on %s" % (sys.version.split()[0], self.path),
-              file=sys.stderr, flush=True)
+        print("functions-runtime %s (supervisor: python %s) listening on %s"
+              % (self.language, sys.version.split()[0], self.path), file=sys.stderr, flush=True)
         while True:
             try:
                 self.start_next()
@@ -858,11 +895,17 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker_main(int(sys.argv[2]), int(sys.argv[3]))
         return
+    language, worker_command = "python", None
+    args = sys.argv[1:]
+    if args[:1] == ["--language"] and len(args) >= 4 and args[2] == "--":
+        language, worker_command = args[1], args[3:]
+    elif args:
+        sys.exit("usage: server.py [--language NAME -- WORKER-COMMAND...]")
     path = os.environ.get("FUNCTIONS_RUNTIME_SOCKET")
     if not path:
         sys.exit("FUNCTIONS_RUNTIME_SOCKET is not set")
     _libc_prctl(4, 0)  # PR_SET_DUMPABLE 0: the worker (same uid) cannot ptrace us or take our fds
-    supervisor = Supervisor(path)
+    supervisor = Supervisor(path, language, worker_command)
 
     def stop(*_):
         supervisor.exit(0, None)
