@@ -52,6 +52,9 @@ class LogServicer(ServicerBase, log_pb2_grpc.LogServiceServicer):
 
 
 async def _write_all(context, messages, execution: bool) -> None:
+    # Headers at once: a client (through Envoy, the HTTP status) knows the
+    # stream is open before the first message, which may be 15 s away.
+    await context.send_initial_metadata(())
     async for message in messages:
         await context.write(_message(message, execution))
 
