@@ -28,11 +28,9 @@ class LogServicer(ServicerBase, log_pb2_grpc.LogServiceServicer):
     async def StreamExecutionLogs(self, request: pb.StreamExecutionLogsRequest, caller: Caller, context):
         """Authorized as reading the execution (404 before any message)."""
         ex = await self.blocking(self.executions.get, caller, request.function_id, request.execution_id)
-        follow = optional(request, "follow")
         messages = self.streams.follow(
-            caller.project, ex.uid, request.since_seq, follow is None or follow,
-            ended=functools.partial(self.blocking, logstreams.execution_end, caller.project, ex.uid),
-            now=functools.partial(self.blocking, logstreams.execution_now, caller.project, ex.uid))
+            caller.project, ex.uid, request.since_seq, _follows(request),
+            state=functools.partial(self.blocking, logstreams.execution_state, caller.project, ex.uid))
         await _write_all(context, messages, execution=True)
 
     @endpoint(Scope.FUNCTIONS_READ)
@@ -43,12 +41,16 @@ class LogServicer(ServicerBase, log_pb2_grpc.LogServiceServicer):
     @endpoint(Scope.FUNCTIONS_READ)
     async def StreamBuildLogs(self, request: pb.StreamBuildLogsRequest, caller: Caller, context):
         dep, _ = await self.blocking(self.deployments.get, caller.project, request.function_id, request.deployment_id)
-        follow = optional(request, "follow")
         messages = self.streams.follow(
-            caller.project, dep.uid, request.since_seq, follow is None or follow,
-            ended=functools.partial(self.blocking, logstreams.build_end, caller.project, dep.uid, dep.build),
-            now=functools.partial(self.blocking, logstreams.build_now, caller.project, dep.uid, dep.build))
+            caller.project, dep.uid, request.since_seq, _follows(request),
+            state=functools.partial(self.blocking, logstreams.build_state, caller.project, dep.uid, dep.build))
         await _write_all(context, messages, execution=False)
+
+
+def _follows(request) -> bool:
+    """`follow` defaults to true: an absent field is not false."""
+    follow = optional(request, "follow")
+    return follow is None or follow
 
 
 async def _write_all(context, messages, execution: bool) -> None:

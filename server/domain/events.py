@@ -162,8 +162,9 @@ class EventBus:
             return 0
         queued: list[int] = []
         functions = Function.select().where((Function.project == project) & Function.uid.in_(subscribers))
+        ran = _ran_in_chain(project, subscribers, name, chain, depth + 1) if depth > 0 else set()
         for fn in functions.order_by(Function.seq):
-            if depth > 0 and _ran_in_chain(fn, name, chain, depth + 1):
+            if fn.uid in ran:
                 continue
             cause = dict(event=name, event_data=data, user_id=user_id, chain=chain, depth=depth + 1)
             if depth + 1 > MAX_DEPTH:
@@ -185,10 +186,11 @@ class EventBus:
         return len(queued)
 
 
-def _ran_in_chain(fn: Function, name: str, chain: str, depth: int) -> bool:
-    return Execution.select(Execution.seq).where(
-        (Execution.chain == chain) & (Execution.function == fn.uid) & (Execution.project == fn.project)
-        & (Execution.depth == depth) & (Execution.event == name)).exists()
+def _ran_in_chain(project: str, functions, name: str, chain: str, depth: int) -> set[str]:
+    """Which of `functions` already ran for event `name` at `depth` of the chain (one query)."""
+    return {row.function for row in Execution.select(Execution.function).where(
+        (Execution.chain == chain) & (Execution.project == project) & Execution.function.in_(functions)
+        & (Execution.depth == depth) & (Execution.event == name))}
 
 
 def _key(project: str, source: str, source_id: str) -> pw.Expression:

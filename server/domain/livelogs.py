@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
+import peewee as pw
+
 from server.store.models import OutputLine
 from server.store.notify import notify
 
@@ -231,6 +233,12 @@ def store_lines(rows: list[dict]) -> None:
 def stored_lines(project: str, source: str, after_seq: int, limit: int = 1000) -> list[OutputLine]:
     return list(OutputLine.select().where((OutputLine.project == project) & (OutputLine.source == source)
                                           & (OutputLine.seq > after_seq)).order_by(OutputLine.seq).limit(limit))
+
+
+def last_stored_seq(project: str, source: str) -> int:
+    """The highest stored `seq` of a log (0 when none): where a retried run goes on."""
+    return OutputLine.select(pw.fn.MAX(OutputLine.seq)).where(
+        (OutputLine.project == project) & (OutputLine.source == source)).scalar() or 0
 
 
 def lines_of_function(project: str, function: str, after_id: int, limit: int = 1000) -> list[OutputLine]:

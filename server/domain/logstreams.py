@@ -46,33 +46,20 @@ def _stored(row: OutputLine) -> Line | Dropped:
     return Line(row.source, row.seq, row.stream, row.text, row.time)
 
 
-def execution_end(project: str, uid: str) -> End | None:
-    """How the execution ended, or None while it has not (blocking)."""
+def execution_state(project: str, uid: str) -> tuple[End, bool]:
+    """How the execution stands, and whether that is how it ended (blocking)."""
     ex = Execution.find(project, uid)
     if ex is None:
-        return End(uid, ExecutionStatus.FAILED.value, 0, 0.0)  # deleted meanwhile
-    if ex.status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED):
-        return End(uid, ex.status.value, ex.status_code, ex.time)
-    return None
+        return End(uid, ExecutionStatus.FAILED.value, 0, 0.0), True  # deleted meanwhile
+    return End(uid, ex.status.value, ex.status_code, ex.time), ex.status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED)
 
 
-def execution_now(project: str, uid: str) -> End:
-    ex = Execution.find(project, uid)
-    return End(uid, ex.status.value if ex else ExecutionStatus.FAILED.value, ex.status_code if ex else 0, ex.time if ex else 0.0)
-
-
-def build_end(project: str, deployment: str, build_uid: str) -> End | None:
+def build_state(project: str, deployment: str, build_uid: str) -> tuple[End, bool]:
+    """How the build stands, and whether that is how it ended (blocking)."""
     build = Build.find(project, build_uid)
     if build is None:
-        return End(deployment, BuildStatus.FAILED.value, 0, 0.0)
-    if build.status in (BuildStatus.READY, BuildStatus.FAILED):
-        return End(deployment, build.status.value, 0, float(build.duration))
-    return None
-
-
-def build_now(project: str, deployment: str, build_uid: str) -> End:
-    build = Build.find(project, build_uid)
-    return End(deployment, build.status.value if build else BuildStatus.FAILED.value, 0, float(build.duration) if build else 0.0)
+        return End(deployment, BuildStatus.FAILED.value, 0, 0.0), True
+    return End(deployment, build.status.value, 0, float(build.duration)), build.status in (BuildStatus.READY, BuildStatus.FAILED)
 
 
 class LogStreams:
@@ -81,8 +68,8 @@ class LogStreams:
         self.blocking = blocking
 
     async def follow(self, project: str, source: str, since: int, follow: bool,
-                     ended: Callable[[], Awaitable[End | None]], now: Callable[[], Awaitable[End]]) -> AsyncIterator[Message]:
-        """One run's log (an execution's or a build's)."""
+                     state: Callable[[], Awaitable[tuple[End, bool]]]) -> AsyncIterator[Message]:
+        """One run's log (an execution's or a build's); `state` reads how the run stands."""
         subscriber = self.hub.subscribe(project, source)
         recent = self.hub.recent(project, source)
         try:
@@ -94,11 +81,11 @@ class LogStreams:
                 if line.seq > last:
                     yield line
                     last = line.seq
-            end = await ended()
-            if end is not None or not follow:
+            end, done = await state()
+            if done or not follow:
                 async for row in self._stored_after(project, source, last):
                     yield _stored(row)  # stored between the replay and the look at the status
-                yield end or await now()
+                yield end
                 return
             quiet = time.monotonic()
             while True:
@@ -121,8 +108,8 @@ class LogStreams:
                         yield _stored(row)
                         last = row.seq
                         quiet = time.monotonic()
-                    end = await ended()
-                    if end is not None and not self.hub.running(project, source):
+                    end, done = await state()
+                    if done and not self.hub.running(project, source):
                         async for row in self._stored_after(project, source, last):
                             yield _stored(row)
                         yield end

@@ -171,8 +171,7 @@ class ExecutionRunner:
         """Line numbers go on across attempts."""
         if execution.attempts == 0:
             return 1
-        rows = await self.blocking(livelogs.stored_lines, execution.project, execution.uid, 0, 1_000_000)
-        return rows[-1].seq + 1 if rows else 1
+        return await self.blocking(livelogs.last_stored_seq, execution.project, execution.uid) + 1
 
     async def _cut_off(self, execution: Execution, channel: Channel, message: str, count_attempt: bool) -> None:
         await self.write(functools.partial(livelogs.store_lines, channel.take_unflushed()))
