@@ -1,5 +1,6 @@
 # make up    set everything up, run the service (gRPC server + Envoy) in the foreground
 # make test  the whole test suite, starting what it needs (dockerd, PostgreSQL)
+# make runtimes  build every runtime image ahead of time (FUNCTIONS_RUNTIMES=all)
 # Each step is skipped when its inputs have not changed.
 
 VENV   := .venv
@@ -9,11 +10,15 @@ NODE_STAMP := tests/node_modules/.installed
 GEN_STAMP  := build/.generated
 PROTOS := $(wildcard proto/functions/v1/*.proto)
 
-.PHONY: up test deps gen lint clean
+.PHONY: up test deps gen lint clean runtimes
 
 up: deps gen
 	scripts/docker.sh
 	$(PYTHON) -m server up
+
+runtimes: deps
+	scripts/docker.sh
+	$(PYTHON) -m server runtimes --all
 
 test: deps gen $(NODE_STAMP)
 	scripts/test.sh

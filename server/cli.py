@@ -5,6 +5,7 @@
     python -m server create-project ID [--name NAME]
     python -m server create-key PROJECT [--name NAME] [--scopes a,b]
     python -m server settings                 the settings table (Markdown)
+    python -m server runtimes [--all] [IDS]   build the runtime images ahead of time (make runtimes)
 """
 
 from __future__ import annotations
@@ -40,6 +41,31 @@ def _open_store(settings: Settings) -> None:
     open_database(settings.database_url, settings.sqlite_path)
 
 
+def _build_runtimes(settings: Settings, selection: list[str]) -> int:
+    """Build the selected runtimes' images (in parallel, progress on stderr); 1 if any failed."""
+    import time
+
+    import docker
+
+    from server.domain.runtimes import RuntimeCatalog, load_catalog
+    from server.engine import RuntimeImages
+    from server.engine.engine import RUNTIMES_DIR
+
+    catalog = RuntimeCatalog(load_catalog(settings.runtime_catalog, settings.image_overrides),
+                             allowed=selection or settings.runtimes)
+    wanted = catalog.configured()
+    if not wanted:
+        print(f"no runtime matches {','.join(selection or settings.runtimes)}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    results = RuntimeImages(docker.from_env(), RUNTIMES_DIR, work_dir=settings.data_dir.resolve() / "tmp").ensure_all(
+        wanted, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    for runtime_id, outcome in results.items():
+        print(f"{runtime_id}\t{'failed: ' + str(outcome) if isinstance(outcome, Exception) else outcome}")
+    print(f"{len(wanted)} runtimes in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 1 if any(isinstance(v, Exception) for v in results.values()) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server", description="Functions service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("--name", default="operator")
     key.add_argument("--scopes", default=None, help="comma-separated; left out: all scopes (empty is an error)")
     sub.add_parser("settings", help="print the settings table")
+    images = sub.add_parser("runtimes", help="build (or pull) runtime images ahead of time")
+    images.add_argument("runtime", nargs="*", help="runtime IDs or language names (default: FUNCTIONS_RUNTIMES)")
+    images.add_argument("--all", action="store_true", help="every runtime that has a recipe or an image override")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -73,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "settings":
         print(Settings.table())
         return 0
+    if args.command == "runtimes":
+        return _build_runtimes(settings, ["all"] if args.all else args.runtime)
 
     from server.domain import auth, validation
     from server.domain.errors import ApiError

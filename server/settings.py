@@ -36,7 +36,7 @@ class Settings:
     log_level: str = field(default="INFO", metadata={"env": "FUNCTIONS_LOG_LEVEL", "doc": "DEBUG, INFO, WARNING or ERROR. Logs are JSON lines on stderr."})
     blocking_threads: int = field(default=32, metadata={"env": "FUNCTIONS_BLOCKING_THREADS", "doc": "Threads for blocking work (database, Docker, files). Streams wait on the event loop, not on these."})
     max_timeout: int = field(default=900, metadata={"env": "FUNCTIONS_MAX_TIMEOUT", "doc": "Largest `timeout` a function may have, in seconds."})
-    runtimes: tuple[str, ...] = field(default=(), metadata={"env": "FUNCTIONS_RUNTIMES", "doc": "Comma-separated runtime IDs to enable; empty enables every catalog runtime whose image is available."})
+    runtimes: tuple[str, ...] = field(default=("python", "node"), metadata={"env": "FUNCTIONS_RUNTIMES", "doc": "Runtimes to enable: a comma list of runtime IDs (`php-8.2`) and language names (`ruby`: all its runtimes), or `all`. Their images are built at start-up (in parallel, cached by recipe). Runtimes without a recipe (catalog data such as `python-3.9`) count only with an image in `FUNCTIONS_RUNTIME_IMAGES`."})
     runtime_catalog: Path = field(default=REPO_ROOT / "runtimes" / "catalog.toml", metadata={"env": "FUNCTIONS_RUNTIME_CATALOG", "doc": "The runtime catalog (TOML)."})
     vars_max_bytes: int = field(default=8192, metadata={"env": "FUNCTIONS_VARS_MAX_BYTES", "doc": "Largest `vars` object, measured as compact JSON in UTF-8."})
     code_size_limit: int = field(default=30_000_000, metadata={"env": "FUNCTIONS_CODE_SIZE_LIMIT", "doc": "Largest deployment archive in bytes."})

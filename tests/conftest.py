@@ -23,7 +23,7 @@ def runtime_images():
     from server.settings import REPO_ROOT, Settings
 
     images = RuntimeImages(docker.from_env(), REPO_ROOT / "runtimes")
-    results = images.ensure_all(load_catalog(Settings().runtime_catalog), progress=lambda line: None)
+    results = images.ensure_all([r for r in load_catalog(Settings().runtime_catalog) if r.recipe], progress=lambda line: None)
     failed = {k: v for k, v in results.items() if isinstance(v, Exception)}
     assert not failed, failed
     return results

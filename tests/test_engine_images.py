@@ -1,13 +1,14 @@
 """Runtime images against the real Docker engine.
 
-The first run builds functions-runtime/python:3.11 and node:18.0 from their
-recipes (a few minutes: debootstrap downloads from the Debian mirror); later
-runs find them in Docker and take milliseconds.
+The first run builds the images of every recipe (several minutes: debootstrap
+and apt download from the Debian mirror); later runs find them in Docker and
+take milliseconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 
 import pytest
@@ -55,10 +56,18 @@ def test_absent_images_are_not_available(runtime_images, catalog):
 def test_image_from_an_older_recipe_is_not_available(docker_client, catalog, built_images, tmp_path):
     """An edited recipe makes the existing image stale (ensure would rebuild it)."""
     runtime = catalog["python-3.11"]
+    shutil.copytree(RUNTIMES_DIR / "base", tmp_path / "base")
     recipe_dir = tmp_path / runtime.recipe
     recipe_dir.mkdir()
-    edited = (RUNTIMES_DIR / runtime.recipe / "recipe.toml").read_text() + "\n# edited\n"
-    (recipe_dir / "recipe.toml").write_text(edited)
+    recipe = (RUNTIMES_DIR / runtime.recipe / "recipe.toml").read_text()
+    (recipe_dir / "recipe.toml").write_text(recipe)
+    assert RuntimeImages(docker_client, tmp_path).available(runtime)  # the same recipe: current
+    (recipe_dir / "recipe.toml").write_text(recipe + "\n# edited\n")
+    assert not RuntimeImages(docker_client, tmp_path).available(runtime)
+    # An edited base makes every layer over it stale too.
+    (recipe_dir / "recipe.toml").write_text(recipe)
+    with open(tmp_path / "base" / "bookworm" / "recipe.toml", "a") as base:
+        base.write("\n# edited\n")
     assert not RuntimeImages(docker_client, tmp_path).available(runtime)
 
 
@@ -100,7 +109,7 @@ def test_failed_image_build_reports_the_cause_and_cleans_up(docker_client, catal
     with pytest.raises(RuntimeImageError, match=r"debootstrap failed .*\n(.*\n)*E: Failed getting release file"):
         images.ensure(runtime, progress=lines.append)
     assert any(line.startswith("[broken] ") and "Retrieving" in line for line in lines), lines
-    assert not list(work.glob("**/rootfs-*")), "the temporary root filesystem must be removed"
+    assert not list(work.glob("**/root-*")), "the temporary root filesystem must be removed"
     assert not images.available(runtime)
 
 
@@ -109,4 +118,30 @@ def test_recipe_with_unknown_keys_is_rejected(docker_client, catalog, tmp_path):
     (tmp_path / "typo" / "recipe.toml").write_text('suite = "bookworm"\npackages = ["python3"]\npackage = ["x"]\n')
     runtime = dataclasses.replace(catalog["python-3.11"], recipe="typo")
     with pytest.raises(RuntimeImageError, match="unknown keys package"):
+        RuntimeImages(docker_client, tmp_path).recipe(runtime)
+
+
+def test_images_of_a_suite_share_its_base_layer(docker_client, catalog, built_images):
+    """Every runtime is one layer over its suite's base: Docker stores the base once."""
+    by_suite: dict[str, list[list[str]]] = {}
+    for runtime_id, image_id in built_images.items():
+        suite = catalog[runtime_id].base.split()[0]  # "debian:bookworm"
+        by_suite.setdefault(suite, []).append(docker_client.images.get(image_id).attrs["RootFS"]["Layers"])
+    assert set(by_suite) == {"debian:bookworm", "debian:trixie"}
+    for suite, layer_lists in by_suite.items():
+        assert len({layers[0] for layers in layer_lists}) == 1, suite  # one base
+        assert all(len(layers) == 2 for layers in layer_lists), suite  # plus the runtime's own layer
+        assert len({layers[1] for layers in layer_lists}) == len(layer_lists), suite
+
+
+def test_a_layer_recipe_needs_a_root_base(docker_client, catalog, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "recipe.toml").write_text('base = "b"\npackages = ["x"]\n')
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "recipe.toml").write_text('base = "a"\npackages = ["x"]\n')
+    runtime = dataclasses.replace(catalog["python-3.11"], recipe="a")
+    with pytest.raises(RuntimeImageError, match="loops"):
+        RuntimeImages(docker_client, tmp_path).recipe(runtime)
+    (tmp_path / "b" / "recipe.toml").write_text('suite = "bookworm"\nbase = "c"\npackages = ["x"]\n')
+    with pytest.raises(RuntimeImageError, match="exactly one of `suite`"):
         RuntimeImages(docker_client, tmp_path).recipe(runtime)

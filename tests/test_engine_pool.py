@@ -29,8 +29,8 @@ from server.engine.pool import OWNER_LABEL
 
 @pytest.fixture(scope="module")
 def shared(env):
-    """One pool for the tests that need no special settings; stem cells for both runtimes."""
-    runner = docker_pool(env["images"], env["runtimes"], runtimes=list(env["runtimes"].values()))
+    """One pool for the tests that need no special settings; stem cells for python-3.11 and node-18.0."""
+    runner = docker_pool(env["images"], env["runtimes"], runtimes=[env["runtimes"][r] for r in ("python-3.11", "node-18.0")])
     yield runner
     runner.stop()
 

@@ -47,13 +47,13 @@ class BuildRunner(Protocol):
     def interrupt(self) -> None: ...
 
 
-DEPENDENCY_MANIFESTS = {"requirements.txt", "package.json"}
-
-
-def declares_dependencies(package: Path) -> bool:
-    """Whether the archive has a dependency manifest at its root."""
+def declares_dependencies(package: Path, manifests: frozenset[str]) -> bool:
+    """Whether the archive has one of the language's dependency manifests
+    (`requirements.txt`, `composer.json`, ...) at its root."""
+    if not manifests:
+        return False
     with tarfile.open(package, mode="r|gz") as archive:
-        return any(normalize_member(m.name) in DEPENDENCY_MANIFESTS for m in archive)
+        return any(normalize_member(m.name) in manifests for m in archive)
 
 
 @dataclass
@@ -151,7 +151,7 @@ class BuildQueue:
         image = self.ensure_image(runtime)
         output = self.packages.build_dir(build.project, build.uid)
         package = self.packages.local_package(build.project, dep.uid)
-        runner = self.online if declares_dependencies(package) else self.offline
+        runner = self.online if declares_dependencies(package, runtime.manifests) else self.offline
         channel = self.live.open(build.project, fn.uid, dep.uid) if self.live is not None else None
         try:
             result = runner.build(runtime, image, package, dep.entrypoint, output, dict(fn.vars),

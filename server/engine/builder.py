@@ -1,7 +1,7 @@
 """Builds a deployment in one throwaway, hardened container of its runtime image.
 
-The container runs `runtimes/<language>/build.sh` (bind-mounted read-only at
-`RUNTIME_MOUNT`), which unpacks the archive into `CODE_MOUNT` (the build's
+The container runs the language's build command (`runtimes/<language>/build.sh`;
+`runtimes/` is bind-mounted read-only at `RUNTIME_MOUNT`), which unpacks the archive into `CODE_MOUNT` (the build's
 output directory on the host) and installs the dependencies there. Nothing
 else of the image is relied on, so operator images such as `python:3.12-slim`
 work too.
@@ -109,7 +109,7 @@ class Builder:
         failure = _entrypoint_problem(entrypoint)
         if failure is None:
             try:
-                stdout, stderr, failure = self._run(runtime, image, Path(source).resolve(), output_dir, env, on_output)
+                stdout, stderr, failure = self._run(runtime, image, Path(source).resolve(), output_dir, entrypoint, env, on_output)
             except (docker.errors.DockerException, requests.RequestException) as exc:
                 log.exception("build container failed", extra={"runtime": runtime.id, "image": image})
                 failure = f"build could not run: {_docker_error(exc, image)}"
@@ -124,15 +124,15 @@ class Builder:
         )
         return result
 
-    def _run(self, runtime: Runtime, image: str, source: Path, output_dir: Path, env: dict[str, str],
+    def _run(self, runtime: Runtime, image: str, source: Path, output_dir: Path, entrypoint: str, env: dict[str, str],
              on_output: OnOutput | None = None) -> tuple[str, str, str | None]:
         """Runs build.sh; returns stdout, stderr and the reason of a failure (None on success).
 
         The timeout counts from the container's start.
         """
-        scripts = self.runtimes_dir / runtime.language
-        if not (scripts / "build.sh").is_file():
-            return "", "", f"no build script for language {runtime.language!r} ({scripts}/build.sh)"
+        scripts = self.runtimes_dir
+        if not runtime.build:
+            return "", "", f"no build command for language {runtime.language!r} ({scripts}/{runtime.language}/language.toml)"
         _prepare_output(output_dir)
         hardened = hardened_kwargs(self.network, tmp_mb=self.limits.memory_mb)
         environment = {
@@ -142,11 +142,12 @@ class Builder:
             **SANDBOX_ENV,
             "FUNCTIONS_SOURCE": SOURCE_MOUNT,
             "FUNCTIONS_CODE": CODE_MOUNT,
+            "FUNCTIONS_ENTRYPOINT": entrypoint,  # relative to FUNCTIONS_CODE (compiled languages need it)
         }
         with _readable_copy(source, self.staging_dir) as readable_source:
             container = self.client.containers.create(
                 image,
-                command=["sh", f"{RUNTIME_MOUNT}/build.sh"],
+                command=list(runtime.build),
                 working_dir=CODE_MOUNT,
                 environment=environment,
                 labels={ROLE_LABEL: "build", RUNTIME_LABEL: runtime.id, OWNER_LABEL: self.owner,

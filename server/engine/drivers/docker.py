@@ -54,17 +54,12 @@ from server.engine.sandbox import (
 
 log = logging.getLogger(__name__)
 
-COMMANDS = {
-    "python": ["python3", f"{RUNTIME_MOUNT}/server.py"],
-    "node": ["node", f"{RUNTIME_MOUNT}/server.js"],
-}
-
-
 class DockerDriver:
     """Runtime containers of one pool work_dir on a Docker engine.
 
     Args:
-        runtimes_dir: holds `<language>/server.*`, bind-mounted read-only at RUNTIME_MOUNT.
+        runtimes_dir: `runtimes/`, bind-mounted read-only at RUNTIME_MOUNT; the
+            runtime's `server` command (from its language.toml) runs from there.
         work_dir: the pool's; containers are labelled with it and its owner.
         limits, tmp_mb, network: of every runtime container.
     """
@@ -148,9 +143,9 @@ class DockerDriver:
     # -- containers -------------------------------------------------------------------
 
     def launch(self, name: str, host_dir: Path, runtime: Runtime, image: str, project: str = "", deployment: str = "") -> str:
-        command = COMMANDS.get(runtime.language)
-        scripts = self._runtimes_dir / runtime.language
-        if command is None or not scripts.is_dir():
+        command = list(runtime.server)
+        scripts = self._runtimes_dir
+        if not command:
             raise RuntimeGone(f"no runtime server for language {runtime.language!r}")
         hostdir.create(host_dir, with_code_dir=True)
         # The sandbox user's until the runtime listens (`lock_socket_dir`).

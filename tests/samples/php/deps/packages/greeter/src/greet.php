@@ -1,0 +1,8 @@
+<?php
+
+namespace Greeter;
+
+function greet(string $name): string
+{
+    return "Hello, $name!";
+}
