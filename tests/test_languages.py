@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -200,3 +201,37 @@ def test_dependencies_install_offline_with_the_languages_package_manager(polyglo
     fid, _ = create_and_deploy(polyglot, runtime_id, files, entry)
     ex = run(polyglot, fid, "World")
     assert ex["status"] == "completed" and ex["stdout"] == "Hello, World!", (ex["stderr"], ex["errors"])
+
+
+def test_the_official_python_sdk_runs_a_php_function_end_to_end(polyglot, tmp_path):
+    """appwrite==0.8.0, unmodified: create a php-8.2 function, upload, build, execute sync and async."""
+    from appwrite.client import Client
+    from appwrite.services.functions import Functions
+
+    functions = Functions(Client().set_endpoint(polyglot.url).set_project(polyglot.project).set_key(polyglot.key))
+    fid = "sdkphp" + uuid.uuid4().hex[:8]
+    created = functions.create(fid, "SDK PHP", ["role:all"], "php-8.2", vars={"GREETING": "from the SDK"}, timeout=10)
+    assert created["runtime"] == "php-8.2"
+    files, entry = sample("php", "basic")
+    archive = tmp_path / "code.tar.gz"
+    archive.write_bytes(targz(files))
+    dep = functions.create_deployment(fid, entry, str(archive), True)
+    for _ in range(600):
+        dep = functions.get_deployment(fid, dep["$id"])
+        if dep["status"] in ("ready", "failed"):
+            break
+        time.sleep(0.2)
+    assert dep["status"] == "ready", dep["buildStderr"]
+    sync = functions.create_execution(fid, data="echo", xasync=False)
+    assert sync["status"] == "completed", sync
+    body = json.loads(sync["stdout"])
+    assert body["env"]["GREETING"] == "from the SDK" and body["env"]["APPWRITE_FUNCTION_RUNTIME_NAME"] == "PHP"
+    queued = functions.create_execution(fid, data="unicode")
+    for _ in range(600):
+        ex = functions.get_execution(fid, queued["$id"])
+        if ex["status"] in ("completed", "failed"):
+            break
+        time.sleep(0.1)
+    assert ex["status"] == "completed" and ex["stdout"] == "héllo ☃ 7"
+    assert functions.list_executions(fid)["total"] == 2
+    functions.delete(fid)
