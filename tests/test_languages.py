@@ -235,3 +235,25 @@ def test_the_official_python_sdk_runs_a_php_function_end_to_end(polyglot, tmp_pa
     assert ex["status"] == "completed" and ex["stdout"] == "héllo ☃ 7"
     assert functions.list_executions(fid)["total"] == 2
     functions.delete(fid)
+
+
+def test_catalog_data_runs_once_pointed_at_an_image(runtime_images):
+    """python-3.9 has no recipe: with FUNCTIONS_RUNTIME_IMAGES it is listed,
+    accepted and runs on that image, with the same runtime server mounted
+    (here a local stand-in image: no registry is reachable)."""
+    client = docker.from_env()
+    stand_in = "local-test/python:3.9-stand-in"
+    client.images.get(BY_ID["python-3.11"].image).tag(stand_in)
+    svc = make_service(Path(tempfile.mkdtemp(prefix="fs-")), FUNCTIONS_BUILD_NETWORK="none", FUNCTIONS_RUNTIMES="python-3.9",
+                       FUNCTIONS_RUNTIME_IMAGES=f"python-3.9={stand_in}").start()
+    try:
+        listed = requests.get(f"{svc.url}/functions/runtimes", headers=svc.headers()).json()
+        assert [(r["$id"], r["image"]) for r in listed["runtimes"]] == [("python-3.9", stand_in)]
+        p = new_project(svc, "data")
+        files, entry = sample("python", "basic")
+        fid, _ = create_and_deploy(p, "python-3.9", files, entry)
+        ex = run(p, fid, "echo")
+        assert ex["status"] == "completed" and json.loads(ex["stdout"])["env"]["APPWRITE_FUNCTION_RUNTIME_VERSION"] == "3.9"
+    finally:
+        svc.stop()
+        client.images.remove(stand_in)
