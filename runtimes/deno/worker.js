@@ -5,6 +5,16 @@
 // the function's bare imports ("greeter", "@std/path", npm packages) resolve
 // as with `deno run` in the code directory.
 //
+// Late code (a warm pool's stem cell): the worker starts before the code is in
+// the code directory, so Deno has not seen its deno.json / package.json /
+// node_modules / .deno. A load that finds any of those that were not there at
+// the start (worker.sh lists them in FUNCTIONS_DENO_SEEN) or finds the code
+// directory is not the start directory (a mount over it) restarts the worker:
+// execve of worker.sh through FFI, same pid, same fds R and W, in the code
+// directory, with the load request in FUNCTIONS_DENO_PENDING; the new worker
+// answers that request (the supervisor sees one reply). Without FFI the load
+// fails with a message that says why.
+//
 // Newline-delimited JSON: requests are read from fd R, exactly one reply line
 // per request goes to fd W (nothing else, ever). stdout and stderr are pipes
 // the supervisor reads; console.* writes to them synchronously, so what the
@@ -104,6 +114,48 @@ function sameDir(a, b) {
   }
 }
 
+// What worker.sh saw in the directory Deno started in (see there), and whether
+// this process is already the restarted one (FUNCTIONS_DENO_PENDING).
+const STARTUP_FILES = ['deno.json', 'deno.jsonc', 'package.json', 'deno.lock', 'node_modules',
+  'node_modules/.deno', '.deno'];
+const seenText = takeEnv('FUNCTIONS_DENO_SEEN');
+const seenAtStart = seenText === undefined ? null : new Set(seenText.split(' ').filter(Boolean));
+const dirSetByScript = takeEnv('FUNCTIONS_DENO_DIR_SET') === '1';
+const pendingText = takeEnv('FUNCTIONS_DENO_PENDING');
+const pendingRest = takeEnv('FUNCTIONS_DENO_PENDING_REST');
+const restarted = pendingText !== undefined;
+
+function takeEnv(name) { // read and remove (the function's env is the container's)
+  const value = Deno.env.get(name);
+  if (value !== undefined) Deno.env.delete(name);
+  return value;
+}
+
+// The files of STARTUP_FILES in codeDir that the running Deno did not see at
+// its start: those not there then, or all of them when codeDir is not the
+// directory it started in (another path, or a mount made over it since).
+// Unknown (not started by worker.sh) and the same directory: none.
+function unseenFiles(codeDir) {
+  let same = false;
+  try {
+    const here = Deno.statSync('.'); // the start directory (no chdir yet)
+    const there = Deno.statSync(codeDir);
+    same = here.dev === there.dev && here.ino === there.ino;
+  } catch (_) { /* as if another directory */ }
+  if (same && seenAtStart === null) return [];
+  const found = STARTUP_FILES.filter((name) => {
+    if (same && seenAtStart.has(name)) return false;
+    try {
+      Deno.statSync(`${codeDir}/${name}`);
+      return true;
+    } catch (_) {
+      return false;
+    }
+  });
+  // node_modules/.deno comes with node_modules: name the latter only.
+  return found.includes('node_modules') ? found.filter((n) => n !== 'node_modules/.deno') : found;
+}
+
 async function load(msg) {
   if (fn) return { ok: false, error: 'code already loaded' };
   const codeDir = resolveDir(String(msg.codeDir || '/code'));
@@ -116,9 +168,24 @@ async function load(msg) {
     stat = Deno.statSync(file);
   } catch (_) { /* not there */ }
   if (!stat || !stat.isFile) return { ok: false, error: `entrypoint not found: ${file}` };
+  const unseen = restarted ? [] : unseenFiles(codeDir);
   try {
     Deno.chdir(codeDir);
   } catch (_) { /* keep the current directory */ }
+  if (unseen.length) {
+    const what = unseen.join(', ');
+    if (!pipes.restart) {
+      return {
+        ok: false,
+        error: `cannot load ${entry}: ${what} in ${codeDir} appeared after the worker started, ` +
+          'and Deno reads them only when it starts; this worker cannot restart itself there without ' +
+          'FFI (execve through libc.so.6): start the runtime once the code is in place',
+      };
+    }
+    const failure = pipes.restart(msg, codeDir); // returns only when execve failed
+    return { ok: false, error: `cannot load ${entry}: ${what} in ${codeDir} appeared after the worker started, ` +
+      `and restarting the worker there failed: ${failure}` };
+  }
   let mod;
   try {
     mod = await import(fileUrl(file));
@@ -246,6 +313,8 @@ async function handle(msg) {
 // (PR_SET_PDEATHSIG, as the Python worker). Without FFI (no glibc), the pipes
 // are reopened through /proc/self/fd, which needs them to belong to this uid
 // (true when the supervisor made them) and leaves them inheritable.
+// restart(msg, codeDir) (FFI only): the process becomes worker.sh again, in
+// the current directory, with the pending request msg (see the top).
 function openPipes(r, w) {
   let libc = null;
   try {
@@ -254,6 +323,9 @@ function openPipes(r, w) {
       write: { parameters: ['i32', 'buffer', 'usize'], result: 'isize' },
       fcntl: { parameters: ['i32', 'i32', 'i32'], result: 'i32' },
       prctl: { parameters: ['i32', 'u64', 'u64', 'u64', 'u64'], result: 'i32' },
+      execve: { parameters: ['buffer', 'buffer', 'buffer'], result: 'i32' },
+      sigprocmask: { parameters: ['i32', 'buffer', 'buffer'], result: 'i32' },
+      __errno_location: { parameters: [], result: 'pointer' },
     });
   } catch (_) { /* no FFI here */ }
   if (libc) {
@@ -261,6 +333,7 @@ function openPipes(r, w) {
     for (const fd of [r, w]) fcntl(fd, 2 /* F_SETFD */, 1 /* FD_CLOEXEC */);
     prctl(1 /* PR_SET_PDEATHSIG */, 9n /* SIGKILL */, 0n, 0n, 0n);
     return {
+      restart: (msg, codeDir) => restart(libc.symbols, [r, w], msg, codeDir),
       async read(buffer) { // null at EOF (or when R is unusable)
         for (let failures = 0; failures < 100; failures++) {
           const n = Number(await read(r, buffer, buffer.length));
@@ -297,6 +370,52 @@ function openPipes(r, w) {
   };
 }
 
+const cString = (text) => encoder.encode(`${text}\0`);
+
+// execve("/bin/sh", ["sh", worker.sh, ...Deno.args], env + the pending
+// request): returns only when it failed (what went wrong).
+function restart(libc, fds, msg, codeDir) {
+  const env = Deno.env.toObject();
+  env.PWD = codeDir; // the shell's $PWD (worker.sh links DENO_DIR with it)
+  env.FUNCTIONS_DENO_PENDING = JSON.stringify(msg); // JSON escapes NUL and newlines
+  if (rest.length) env.FUNCTIONS_DENO_PENDING_REST = base64(rest); // (the supervisor sends one at a time)
+  if (dirSetByScript || (ownDir && ownDir === env.DENO_DIR)) delete env.DENO_DIR; // worker.sh chooses again
+  const shell = cString('/bin/sh');
+  const argv = ['sh', `${import.meta.dirname}/worker.sh`, ...Deno.args].map(cString);
+  const envp = Object.entries(env).filter(([k]) => k && !k.includes('=')).map(([k, v]) => cString(`${k}=${v}`));
+  const table = (list) => {
+    const pointers = new BigUint64Array(list.length + 1); // NULL-terminated
+    list.forEach((buf, i) => { pointers[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf))); });
+    return pointers;
+  };
+  const argvTable = table(argv);
+  const envTable = table(envp);
+  cleanUp(); // this process's own DENO_DIR
+  for (const fd of fds) libc.fcntl(fd, 2 /* F_SETFD */, 0); // R and W stay open across execve
+  const none = new BigUint64Array(16); // an empty sigset_t (glibc: 1024 bits)
+  libc.sigprocmask(2 /* SIG_SETMASK */, none, null);
+  libc.execve(shell, argvTable, envTable);
+  const errno = new Deno.UnsafePointerView(libc.__errno_location()).getInt32();
+  for (const fd of fds) libc.fcntl(fd, 2 /* F_SETFD */, 1 /* FD_CLOEXEC */);
+  const name = { 2: 'ENOENT', 7: 'E2BIG', 8: 'ENOEXEC', 12: 'ENOMEM', 13: 'EACCES' }[errno] ?? `errno ${errno}`;
+  // (argv and envp, whose memory the tables point to, are in use until here)
+  return `execve(/bin/sh, ${argv.length} arguments, ${envp.length} variables) failed: ${name}`;
+}
+
+function base64(bytes) {
+  let text = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+function unbase64(text) {
+  try {
+    return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  } catch (_) {
+    return new Uint8Array(0);
+  }
+}
+
 // A DENO_DIR worker.sh made for this process only (see there): removed at exit.
 const ownDir = Deno.env.get('FUNCTIONS_DENO_OWN_DIR');
 if (ownDir !== undefined) Deno.env.delete('FUNCTIONS_DENO_OWN_DIR');
@@ -309,13 +428,27 @@ function cleanUp() {
   }
 }
 
+let pipes = null; // openPipes()
+let rest = new Uint8Array(0); // read from R, not handled yet
+
+async function answer(msg) {
+  let out;
+  try {
+    out = await handle(msg);
+  } catch (e) {
+    out = { ok: false, error: `runtime error: ${errorText(e)}` };
+  }
+  out.id = isObject(msg) && msg.id !== undefined ? msg.id : null;
+  pipes.writeAll(encoder.encode(`${JSON.stringify(out)}\n`));
+}
+
 async function main() {
   const [r, w] = Deno.args.slice(-2).map(Number);
   if (!Number.isInteger(r) || !Number.isInteger(w)) {
     console.error('usage: worker.js REQUEST_FD REPLY_FD');
     Deno.exit(2);
   }
-  const pipes = openPipes(r, w);
+  pipes = openPipes(r, w);
   // Stray errors of the function's code (timers, promises nobody awaits) must
   // not kill the worker; they go to stderr (an execution's errors, if one runs).
   globalThis.addEventListener('error', (event) => {
@@ -327,9 +460,17 @@ async function main() {
     console.error(`Unhandled rejection: ${errorText(event.reason)}`);
   });
 
+  if (restarted) { // the request the worker before this execve left to it
+    if (pendingRest) rest = unbase64(pendingRest);
+    let msg = null;
+    try {
+      msg = JSON.parse(pendingText);
+    } catch (_) { /* answered as not an object */ }
+    await answer(msg);
+  }
+
   const chunks = []; // of the line being read
   const buffer = new Uint8Array(1 << 16);
-  let rest = new Uint8Array(0);
   for (;;) {
     let nl = rest.indexOf(10);
     while (nl < 0) {
@@ -347,16 +488,19 @@ async function main() {
     let line = chunks.length === 1 ? chunks[0] : concat(chunks);
     chunks.length = 0;
     let msg = null;
-    let out;
+    let bad = null;
     try {
       msg = JSON.parse(decoder.decode(line));
-      out = await handle(msg);
     } catch (e) {
-      out = { ok: false, error: `runtime error: ${errorText(e)}` };
+      bad = e;
     }
     line = null;
-    out.id = isObject(msg) && msg.id !== undefined ? msg.id : null;
-    pipes.writeAll(encoder.encode(`${JSON.stringify(out)}\n`));
+    if (bad) {
+      const out = { ok: false, error: `runtime error: ${errorText(bad)}`, id: null };
+      pipes.writeAll(encoder.encode(`${JSON.stringify(out)}\n`));
+    } else {
+      await answer(msg);
+    }
   }
 }
 

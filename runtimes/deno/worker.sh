@@ -16,6 +16,16 @@
 # build's (worker.js removes it when its request pipe ends; a worker that is
 # killed leaves it in the container's /tmp). Without <code>/.deno, Deno's
 # default cache ($HOME/.cache/deno) is used. A DENO_DIR already set is kept.
+#
+# Late code: a warm pool starts the container (so this script and Deno) before
+# the function's code is in the code directory (a mount over it, or files
+# linked into it, before the `load` request). FUNCTIONS_DENO_SEEN tells
+# worker.js which of the files above were here when Deno started; when a load
+# finds others (or another directory), worker.js replaces its process (execve,
+# same pid, same fds R and W) with this script again, started in the code
+# directory, and hands it the load request in FUNCTIONS_DENO_PENDING: the new
+# worker answers it. FUNCTIONS_DENO_DIR_SET: this script chose DENO_DIR (so the
+# new run chooses again). Only shell built-ins here: nothing slows the start.
 set -eu
 
 case $0 in
@@ -27,7 +37,18 @@ case $here in
   *) here=$PWD/$here ;;
 esac
 
+seen=
+for name in deno.json deno.jsonc package.json deno.lock node_modules node_modules/.deno .deno; do
+  if [ -e "$name" ]; then
+    seen="$seen $name"
+  fi
+done
+FUNCTIONS_DENO_SEEN="$seen "
+export FUNCTIONS_DENO_SEEN
+
 if [ -z "${DENO_DIR:-}" ] && [ -d .deno ]; then
+  FUNCTIONS_DENO_DIR_SET=1
+  export FUNCTIONS_DENO_DIR_SET
   if DENO_DIR=$(mktemp -d "${TMPDIR:-/tmp}/deno-dir.XXXXXX" 2>/dev/null); then
     for part in remote npm; do
       if [ -d ".deno/$part" ]; then
