@@ -49,9 +49,14 @@ VERSION_COMMANDS = {
 }
 
 
+def sample_dir(language: str) -> Path:
+    """A language's samples; `like` names another language's (Bun runs Node's code as it is)."""
+    return SAMPLES / tomllib.loads((SAMPLES / language / "sample.toml").read_text()).get("like", language)
+
+
 def sample(language: str, kind: str) -> tuple[dict[str, bytes], str]:
     """The sample's files (relative path → bytes) and its entrypoint."""
-    root = SAMPLES / language / kind
+    root = sample_dir(language) / kind
     files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     entry = tomllib.loads((SAMPLES / language / "sample.toml").read_text())[kind]
     return files, entry
@@ -194,7 +199,7 @@ def test_printed_lines_stream_live(basic):
     assert messages[-1]["type"] == "end" and messages[-1]["status"] == "completed"
 
 
-@pytest.mark.parametrize("runtime_id", [r.id for r in BUILT if (SAMPLES / r.language / "deps").is_dir()])
+@pytest.mark.parametrize("runtime_id", [r.id for r in BUILT if (sample_dir(r.language) / "deps").is_dir()])
 def test_dependencies_install_offline_with_the_languages_package_manager(polyglot, runtime_id):
     runtime = BY_ID[runtime_id]
     files, entry = prepared_deps(runtime, runtime.image)

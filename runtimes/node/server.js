@@ -9,7 +9,8 @@
  *   - the supervisor (the process the container starts) listens on
  *     $FUNCTIONS_RUNTIME_SOCKET and talks to the service;
  *   - the worker (`server.js --worker`, spawned by the supervisor at once)
- *     loads and runs the user's code. It never holds the service's socket or a
+ *     loads and runs the user's code (contract.js, next to this file, shared
+ *     with the Bun worker). It never holds the service's socket or a
  *     connection: requests arrive on its fd 3, replies leave on its fd 4, its
  *     stdout and stderr are channels the supervisor reads all the time (so
  *     output is captured at the file-descriptor level: console.*, native
@@ -80,164 +81,24 @@
 
 const fs = require('fs');
 const net = require('net');
-const path = require('path');
-const url = require('url');
 const crypto = require('crypto');
 const childProcess = require('child_process');
 const { StringDecoder } = require('string_decoder');
 
-const LIMIT = 16384;
-const DEFAULT_RESPONSE_MAX = 1048576;
+const {
+  LIMIT, DEFAULT_RESPONSE_MAX, cut, ownFile, errorText, onLines, sleepSync, Worker,
+} = require('./contract.js'); // the worker's side, shared with the Bun worker
+
+ownFile(__filename); // its frames leave the stacks shown
+
 const MAX_LINE = 64 * 1024 * 1024;
 const IDLE_REAP_MS = 1000;
 const REQUEST_FD = 3;
 const REPLY_FD = 4;
 
-function cutMark(n) { return `[\u2026 ${n} earlier characters cut \u2026]\n`; }
-
-// The last part of `text` (whose full length was `total`): at most LIMIT
-// characters including a first line that says how much was cut.
-function cut(text, total = text.length) {
-  if (total <= LIMIT) return text;
-  const base = cutMark(0).length - 1;
-  let keep = LIMIT - base - String(total).length; // never too long
-  for (let digits = 1; digits <= 20; digits++) {
-    if (String(total - (LIMIT - base - digits)).length === digits) { keep = LIMIT - base - digits; break; }
-  }
-  let kept = text.slice(-keep);
-  const c = kept.charCodeAt(0);
-  if (c >= 0xdc00 && c <= 0xdfff) kept = kept.slice(1); // no half surrogate pair
-  return cutMark(total - kept.length) + kept;
-}
-
-function errorText(e) { // the stack without this server's own frames
-  if (e instanceof Error && e.stack) {
-    const own = (l) => l.includes(__filename) || /node:internal\/(modules|process\/task_queues)/.test(l);
-    return String(e.stack).split('\n').filter((l) => !own(l)).join('\n');
-  }
-  try { return typeof e === 'string' ? e : `Thrown value: ${JSON.stringify(e)}`; } catch (_) { return String(e); }
-}
-
-function writeAllSync(fd, data) {
-  let off = 0;
-  for (let spins = 0; off < data.length;) {
-    try {
-      off += fs.writeSync(fd, data, off, data.length - off);
-    } catch (e) {
-      if (e.code !== 'EAGAIN' || ++spins > 100000) throw e;
-    }
-  }
-}
-
 /* ------------------------------------------------------------------------
- * The worker: loads and runs the user's code.
+ * The worker: loads and runs the user's code (contract.js).
  * --------------------------------------------------------------------- */
-
-let fn = null; // the user's function once loaded
-let responseMax = DEFAULT_RESPONSE_MAX;
-
-function toStatus(status) {
-  const n = Number(status === undefined ? 200 : status);
-  if (!Number.isInteger(n)) throw new TypeError(`invalid status code: ${status}`);
-  return n;
-}
-
-function envText(v) {
-  return typeof v === 'string' ? v : JSON.stringify(v);
-}
-
-function pickExport(mod) {
-  for (const candidate of [mod, mod && mod.default, mod && mod.default && mod.default.default]) {
-    if (typeof candidate === 'function') return candidate;
-  }
-  return null;
-}
-
-async function load(msg) {
-  if (fn) return { ok: false, error: 'code already loaded' };
-  if (Number.isInteger(msg.responseMaxBytes) && msg.responseMaxBytes >= 0) responseMax = msg.responseMaxBytes;
-  const codeDir = path.resolve(String(msg.codeDir || '/code'));
-  const entry = path.normalize(String(msg.entrypoint || 'index.js'));
-  if (entry.startsWith('..') || path.isAbsolute(entry)) {
-    return { ok: false, error: `entrypoint must be inside the code directory: ${entry}` };
-  }
-  const file = path.join(codeDir, entry);
-  const stat = fs.statSync(file, { throwIfNoEntry: false });
-  if (!stat || !stat.isFile()) return { ok: false, error: `entrypoint not found: ${file}` };
-  try { process.chdir(codeDir); } catch (_) { /* keep the current directory */ }
-  let mod;
-  try {
-    mod = require(file);
-  } catch (e) {
-    if (!e || !['ERR_REQUIRE_ESM', 'ERR_REQUIRE_ASYNC_MODULE'].includes(e.code)) {
-      return { ok: false, error: cut(`failed to load ${entry}:\n${errorText(e)}`) };
-    }
-    try {
-      mod = await import(url.pathToFileURL(file).href);
-    } catch (e2) {
-      return { ok: false, error: cut(`failed to load ${entry}:\n${errorText(e2)}`) };
-    }
-  }
-  const f = pickExport(mod);
-  if (!f) {
-    return { ok: false, error: `${entry} must export a function: module.exports = async (req, res) => { ... } (got ${typeof mod})` };
-  }
-  fn = f;
-  return { ok: true };
-}
-
-async function execute(msg) {
-  if (!fn) return { statusCode: 500, body: '', error: 'no code loaded' };
-  const payload = typeof msg.payload === 'string' ? msg.payload : msg.payload == null ? '' : JSON.stringify(msg.payload);
-  const env = msg.env && typeof msg.env === 'object' ? msg.env : {};
-  const headers = msg.headers && typeof msg.headers === 'object' ? msg.headers : {};
-  const saved = new Map(); // only the variables set here are restored
-  for (const [k, v] of Object.entries(env)) {
-    try {
-      const old = process.env[k];
-      process.env[k] = envText(v);
-      saved.set(k, old);
-    } catch (_) { /* invalid name */ }
-  }
-  let response = null;
-  const res = {
-    send(text = '', status = 200) {
-      const statusCode = toStatus(status);
-      if (Buffer.isBuffer(text)) text = text.toString('utf8');
-      else if (text !== null && typeof text === 'object') text = JSON.stringify(text);
-      if (!response) response = { statusCode, body: text == null ? '' : String(text) };
-    },
-    json(obj, status = 200) {
-      const statusCode = toStatus(status);
-      const body = JSON.stringify(obj);
-      if (!response) response = { statusCode, body: body === undefined ? '' : body };
-    },
-  };
-  let error = '';
-  try {
-    await fn({ payload, env, headers }, res);
-    if (!response) error = 'Function finished without responding: call res.send(...) or res.json(...)';
-  } catch (e) {
-    if (response) process.stderr.write(`${errorText(e)}\n`); // already answered: first call wins
-    else error = errorText(e);
-  } finally {
-    for (const [k, v] of saved) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  }
-  const out = error ? { statusCode: 500, body: '' } : response;
-  let body = out.body;
-  if (/[\ud800-\udfff]/.test(body)) body = Buffer.from(body, 'utf8').toString('utf8'); // lone surrogates replaced
-  const size = body.length * 3 > responseMax ? Buffer.byteLength(body, 'utf8') : 0;
-  if (size > responseMax) {
-    return {
-      statusCode: 500, body: '',
-      error: `Execution failed: the response body is ${size} bytes; the limit is ${responseMax} bytes (FUNCTIONS_RESPONSE_MAX_BYTES).`,
-    };
-  }
-  return { statusCode: out.statusCode, body, error: cut(error) };
-}
 
 function flushed(stream) { // resolves once everything written so far reached the fd
   return new Promise((resolve) => {
@@ -249,64 +110,12 @@ function flushed(stream) { // resolves once everything written so far reached th
   });
 }
 
-async function workerHandle(msg) {
-  try {
-    if (msg.type === 'execute') return await execute(msg);
-    if (msg.type === 'load') return await load(msg);
-    if (msg.type === 'ping') return { ok: true };
-    return { ok: false, error: `unknown message type: ${JSON.stringify(msg.type)}` };
-  } catch (e) {
-    return { ok: false, error: `runtime error: ${errorText(e)}` };
-  }
-}
-
-// Calls onLine(line) for every non-blank newline-terminated line of `stream`
-// (UTF-8); onTooLong() when an unterminated line grows past MAX_LINE.
-function onLines(stream, onLine, onTooLong = () => {}) {
-  let buffer = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk) => {
-    buffer += chunk;
-    let nl;
-    while ((nl = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
-      if (line.trim()) onLine(line);
-    }
-    if (buffer.length > MAX_LINE) {
-      buffer = '';
-      onTooLong();
-    }
-  });
-}
-
 function workerMain() {
-  // Stray errors from user code (timers, unawaited promises) must not kill
-  // the worker; they are reported on stderr (captured during executions).
-  process.on('uncaughtException', (e) => process.stderr.write(`Uncaught exception: ${errorText(e)}\n`));
-  process.on('unhandledRejection', (e) => process.stderr.write(`Unhandled rejection: ${errorText(e)}\n`));
-  const requests = new net.Socket({ fd: REQUEST_FD, readable: true, writable: false });
-  requests.on('end', () => process.exit(0)); // the supervisor went away
-  requests.on('error', () => process.exit(0));
-  let queue = Promise.resolve();
-  onLines(requests, (line) => {
-    queue = queue.then(async () => {
-      let msg = {};
-      let out;
-      try {
-        msg = JSON.parse(line);
-        out = await workerHandle(msg);
-      } catch (e) {
-        out = { ok: false, error: `runtime error: ${errorText(e)}` };
-      }
-      await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
-      out.id = msg && msg.id !== undefined ? msg.id : null;
-      writeAllSync(REPLY_FD, Buffer.from(`${JSON.stringify(out)}\n`, 'utf8'));
-    }).catch((e) => {
-      try { process.stderr.write(`worker error: ${errorText(e)}\n`); } catch (_) { /* gone */ }
-      process.exit(70);
-    });
+  const worker = new Worker({
+    writeErr: (text) => { try { process.stderr.write(text); } catch (_) { /* gone */ } },
+    beforeReply: () => Promise.all([flushed(process.stdout), flushed(process.stderr)]),
   });
+  worker.serve(new net.Socket({ fd: REQUEST_FD, readable: true, writable: false }), REPLY_FD);
 }
 
 /* ------------------------------------------------------------------------
@@ -418,8 +227,6 @@ function signal(pid, sig) {
   if (!Number.isInteger(pid) || pid <= 1) return; // never 0, -1 (every process) or init
   try { process.kill(pid, sig); } catch (_) { /* gone, or not ours */ }
 }
-
-function sleepSync(ms) { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms); }
 
 class Reaper { // kills every process of the container but PID 1, the supervisor and the worker
   constructor(enabled) { this.enabled = enabled; }
@@ -694,7 +501,7 @@ class Supervisor {
     onLines(conn, (line) => {
       this.queue = this.queue.then(() => (conn.destroyed ? null : this.handle(conn, line)))
         .catch((e) => this.compromised(`supervisor error: ${errorText(e)}`));
-    }, () => conn.end('{"ok":false,"error":"request line too long"}\n'));
+    }, () => conn.end('{"ok":false,"error":"request line too long"}\n'), MAX_LINE);
   }
 
   listen() {

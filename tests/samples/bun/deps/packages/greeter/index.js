@@ -1,5 +1,0 @@
-function greet(name) {
-  return `Hello, ${name}!`;
-}
-
-module.exports = { greet };
