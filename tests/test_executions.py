@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from harness import error_of
-from restkit import PY_SLEEP, deploy, execute, new_function, wait_execution, wait_processing
+from harness import error_of, poll
+from restkit import PY_SLEEP, deploy, execute, execution_status, new_function, wait_execution, wait_processing
 
 PY_ECHO = """
 import os, sys
@@ -157,12 +157,14 @@ def test_list_executions_newest_first(service, unique_id):
 
 
 def test_restart_with_executions_waiting_and_running(fresh_service, unique_id):
-    """Without retries, an execution a stop cut off ends failed (with them, it
-    runs again: test_crash_recovery)."""
+    """Without retries, an execution a stop cut off once it started ends failed
+    (with them, it runs again: test_crash_recovery; one claimed but not yet
+    started is queued again either way)."""
     svc = fresh_service(FUNCTIONS_ASYNC_WORKERS="1", FUNCTIONS_ASYNC_RETRIES="0")
     fid = deploy(svc, unique_id(), {"main.py": PY_SLEEP}, timeout=60)
     running = execute(svc, fid, data="sleep", is_async=True).json()
-    wait_processing(svc, fid, running["$id"])
+    # Started: the function has its request (`attempts` counts it), not only claimed.
+    poll(lambda: execution_status(svc, fid, running["$id"]), lambda e: e["attempts"] == 1, 30)
     waiting = [execute(svc, fid, data=f"w{i}", is_async=True).json() for i in range(3)]
     assert all(w["status"] == "waiting" for w in waiting)
     assert svc.stop() == 0
