@@ -59,6 +59,7 @@ class Subscriber:
 
     def __init__(self, limit: int = SUBSCRIBER_BUFFER):
         self.limit = limit
+        self.key: tuple[str, str] = ("", "")  # what it follows: (project, source) or (project, function)
         self._items: collections.deque[Message] = collections.deque()
         self._ready = asyncio.Event()
         self._woken = False
@@ -197,25 +198,28 @@ class LogHub:
         """Another replica stored lines of `<project>/<function>/<source>`."""
         project, _, rest = payload.partition("/")
         function, _, source = rest.partition("/")
-        for subscriber in [*self._by_source.get((project, source), ()), *self._by_function.get((project, function), ())]:
+        for subscriber in self._listeners(project, function, source):
             subscriber.wake()
 
     def subscribe(self, project: str, source: str) -> Subscriber:
-        subscriber = Subscriber()
-        self._by_source[(project, source)].add(subscriber)
-        return subscriber
+        return self._add(self._by_source, (project, source))
 
     def subscribe_function(self, project: str, function: str) -> Subscriber:
+        return self._add(self._by_function, (project, function))
+
+    def _add(self, index: dict[tuple[str, str], set[Subscriber]], key: tuple[str, str]) -> Subscriber:
         subscriber = Subscriber()
-        self._by_function[(project, function)].add(subscriber)
+        subscriber.key = key
+        index[key].add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         for index in (self._by_source, self._by_function):
-            for key in [k for k, subs in index.items() if subscriber in subs]:
-                index[key].discard(subscriber)
-                if not index[key]:
-                    del index[key]
+            followers = index.get(subscriber.key)
+            if followers is not None and subscriber in followers:
+                followers.discard(subscriber)
+                if not followers:
+                    del index[subscriber.key]
 
 
 NOTIFY_CHANNEL = "output_line"

@@ -79,8 +79,9 @@ def load_catalog(path: Path, image_overrides: dict[str, str] | None = None) -> l
             raise ValueError(f"{path}: runtime {entry.get('id', '?')} lacks {', '.join(missing)}")
         recipe = entry.get("recipe", "")
         image = (image_overrides or {}).get(entry["id"], entry["image"] if recipe else "")
-        language = languages.get(entry["language"]) or languages.setdefault(
-            entry["language"], Language.load(Path(path).parent, entry["language"]))
+        if entry["language"] not in languages:
+            languages[entry["language"]] = Language.load(Path(path).parent, entry["language"])
+        language = languages[entry["language"]]
         runtimes.append(
             Runtime(
                 id=entry["id"],

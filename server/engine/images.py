@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import docker
 import requests
@@ -101,13 +101,15 @@ class RuntimeImages:
 
     def _current_image(self, runtime: Runtime):
         """The usable local image, or None when it is absent or (ours) stale."""
+        return self._current(runtime.image, self.recipe(runtime) if is_own_image(runtime.image) else None)
+
+    def _current(self, tag: str, recipe: Recipe | None):
+        """The image `tag`, or None when it is absent or not built from `recipe` (when given)."""
         try:
-            image = self._client.images.get(runtime.image)
+            image = self._client.images.get(tag)
         except docker.errors.ImageNotFound:
             return None
-        if not is_own_image(runtime.image):
-            return image
-        return image if image.labels.get(RECIPE_HASH_LABEL) == self.recipe(runtime).digest else None
+        return image if recipe is None or image.labels.get(RECIPE_HASH_LABEL) == recipe.digest else None
 
     # -- making images exist -------------------------------------------------
 
@@ -201,16 +203,26 @@ class RuntimeImages:
 
     def _build_root(self, recipe: Recipe, tag: str, say: Reporter, budget: Budget) -> str:
         """debootstrap, apt, slim, import; the directory is kept for layers."""
-        # Holding the image's lock, so other versions and crashed builds of this root can go.
-        for stale in self._work_dir.glob(f"root-{_slug(recipe.name)}@*"):
-            rootfs.remove_tree(stale)
-        tree = Path(tempfile.mkdtemp(prefix=f"root-{_slug(recipe.name)}@new-", dir=self._work_dir))
-        try:
+
+        def bootstrap(tree: Path) -> str:
             rootfs.bootstrap(recipe.suite, recipe.mirror, tree, say, budget)
             rootfs.apt_install(tree, recipe.packages, say, budget)
             rootfs.slim(tree, rootfs.SLIM_GLOBS + recipe.remove)
             say.info("importing the root filesystem into Docker")
-            image_id = rootfs.import_rootfs(self._client, tree, tag, _image_changes(recipe), exclude=[rootfs.APT_LISTS + "/*"])
+            return rootfs.import_rootfs(self._client, tree, tag, _image_changes(recipe), exclude=[rootfs.APT_LISTS + "/*"])
+
+        return self._keep_root(recipe, bootstrap)
+
+    def _keep_root(self, recipe: Recipe, fill: Callable[[Path], str]) -> str:
+        """`fill` makes a root's tree in a new directory and returns its image's
+        ID; the tree is then kept (stamped with that ID) as the lower layer of
+        the root's layers. Called holding the root image's lock, so other
+        versions and crashed attempts of this root's directory can go."""
+        for stale in self._work_dir.glob(f"root-{_slug(recipe.name)}@*"):
+            rootfs.remove_tree(stale)
+        tree = Path(tempfile.mkdtemp(prefix=f"root-{_slug(recipe.name)}@new-", dir=self._work_dir))
+        try:
+            image_id = fill(tree)
             (tree / ROOT_STAMP).write_text(image_id)
             os.rename(tree, self._root_dir(recipe))
             return image_id
@@ -221,33 +233,27 @@ class RuntimeImages:
     def _ensure_root(self, recipe: Recipe, say: Reporter, budget: Budget) -> tuple[str, Path]:
         """The image of a layer's base and its directory, built if needed."""
         tag = recipe.base_image
+        keep = self._root_dir(recipe)
         with self._exclusive(tag):
-            try:
-                image = self._client.images.get(tag)
-            except docker.errors.ImageNotFound:
-                image = None
-            keep = self._root_dir(recipe)
-            if image is None or image.labels.get(RECIPE_HASH_LABEL) != recipe.digest:
+            image = self._current(tag, recipe)
+            if image is None:
                 say.info(f"building the shared base {tag} from {recipe.name}/recipe.toml")
+                old = rootfs.image_id_or_none(self._client, tag)
                 image_id = self._build_root(recipe, tag, say, budget)
-                if image is not None:
-                    rootfs.remove_quietly(self._client, image.id)  # untagged; kept while images use it
+                if old and old != image_id:
+                    rootfs.remove_quietly(self._client, old)  # untagged; kept while images use it
                 return image_id, keep
             stamp = keep / ROOT_STAMP
-            if stamp.is_file() and stamp.read_text() == image.id:
-                return image.id, keep
-            # The directory is gone (a cleaned /var/tmp) or belongs to another
-            # image: unpack the image instead (without apt's lists: the layer fetches them).
-            say.info(f"unpacking the shared base {tag}")
-            rootfs.remove_tree(keep)
-            tree = Path(tempfile.mkdtemp(prefix=f"root-{_slug(recipe.name)}@new-", dir=self._work_dir))
-            try:
-                rootfs.export_image(self._client, image.id, tree)
-                (tree / ROOT_STAMP).write_text(image.id)
-                os.rename(tree, keep)
-            except BaseException:
-                rootfs.remove_tree(tree)
-                raise
+            if not (stamp.is_file() and stamp.read_text() == image.id):
+                # The directory is gone (a cleaned /var/tmp) or belongs to another
+                # image: unpack the image instead (without apt's lists: the layer fetches them).
+                say.info(f"unpacking the shared base {tag}")
+
+                def unpack(tree: Path) -> str:
+                    rootfs.export_image(self._client, image.id, tree)
+                    return image.id
+
+                self._keep_root(recipe, unpack)
             return image.id, keep
 
     def _build_layer(self, recipe: Recipe, tag: str, say: Reporter, budget: Budget) -> str:

@@ -200,31 +200,44 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+class TarStream:
+    """`tar -c` of a directory as 1 MiB chunks: a generator, so the Docker SDK
+    sends it with chunked encoding (no copy on disk). After the block,
+    `error` is tar's complaint when it failed, else None."""
+
+    def __init__(self, directory: Path, exclude: Iterable[str] = ()):
+        self._command = ["tar", "--numeric-owner", "--one-file-system",
+                         *(f"--exclude=./{pattern}" for pattern in exclude), "-C", str(directory), "-c", "."]
+        self.error: str | None = None
+
+    def __enter__(self) -> Iterable[bytes]:
+        self._errors = tempfile.TemporaryFile()  # a file, not a pipe: stderr can never block tar
+        self._tar = subprocess.Popen(self._command, stdout=subprocess.PIPE, stderr=self._errors)
+        return iter(lambda: self._tar.stdout.read(1 << 20), b"")
+
+    def __exit__(self, *exc) -> None:
+        self._tar.stdout.close()
+        returncode = self._tar.wait(timeout=60)
+        self._errors.seek(0)
+        if returncode != 0:
+            self.error = self._errors.read().decode(errors="replace").strip() or f"tar exited {returncode}"
+        self._errors.close()
+
+
 def import_rootfs(client: docker.DockerClient, rootfs: Path, tag: str, changes: list[str], exclude: Iterable[str] = ()) -> str:
     # The rootfs directory comes from mkdtemp (0700); it becomes the image's "/",
     # which every (non-root) user must be able to traverse.
     rootfs.chmod(0o755)
     repository, tag_part = parse_repository_tag(tag)
-    with tempfile.TemporaryFile() as tar_errors:  # a file, not a pipe: stderr can never block tar
-        tar = subprocess.Popen(
-            ["tar", "--numeric-owner", "--one-file-system", *(f"--exclude=./{pattern}" for pattern in exclude),
-             "-C", str(rootfs), "-c", "."],
-            stdout=subprocess.PIPE, stderr=tar_errors,
-        )
-        try:
-            # A generator makes the SDK stream the tar with chunked encoding: no copy on disk.
-            chunks = iter(lambda: tar.stdout.read(1 << 20), b"")
-            response = client.api.import_image(src=chunks, stream_src=True, repository=repository, tag=tag_part or "latest", changes=changes)
-        finally:
-            tar.stdout.close()
-            returncode = tar.wait(timeout=60)
-        tar_errors.seek(0)
-        tar_message = tar_errors.read().decode(errors="replace").strip()
+    tar = TarStream(rootfs, exclude)
+    with tar as chunks:
+        response = client.api.import_image(src=chunks, stream_src=True, repository=repository, tag=tag_part or "latest",
+                                           changes=changes)
     image_id = image_id_or_none(client, tag)
-    if returncode != 0:
+    if tar.error is not None:
         if image_id:  # imported from a truncated stream: it must not pass for a good build
             remove_quietly(client, image_id)
-        raise RuntimeImageError(f"tar of the root filesystem failed: {tar_message}")
+        raise RuntimeImageError(f"tar of the root filesystem failed: {tar.error}")
     if image_id is None:
         raise RuntimeImageError(f"docker import did not produce {tag}: {response}")
     return image_id
@@ -316,18 +329,11 @@ def commit_layer(client: docker.DockerClient, base_image: str, upper: Path, dele
     command = ["/bin/rm", "-rf", "--", *deleted] if deleted else ["/bin/true"]
     container = client.containers.create(base_image, command=command, network_mode="none", user="0:0")
     try:
-        with tempfile.TemporaryFile() as tar_errors:
-            tar = subprocess.Popen(["tar", "--numeric-owner", "--one-file-system", "-C", str(upper), "-c", "."],
-                                   stdout=subprocess.PIPE, stderr=tar_errors)
-            try:
-                # A generator: the SDK streams the tar with chunked encoding.
-                ok = container.put_archive("/", iter(lambda: tar.stdout.read(1 << 20), b""))
-            finally:
-                tar.stdout.close()
-                returncode = tar.wait(timeout=60)
-            tar_errors.seek(0)
-            if returncode != 0 or not ok:
-                raise RuntimeImageError(f"copying the layer into Docker failed: {tar_errors.read().decode(errors='replace').strip()}")
+        tar = TarStream(upper)
+        with tar as chunks:
+            ok = container.put_archive("/", chunks)
+        if tar.error is not None or not ok:
+            raise RuntimeImageError(f"copying the layer into Docker failed: {tar.error or 'put_archive refused it'}")
         if deleted:
             container.start()
             status = container.wait(timeout=120).get("StatusCode")
